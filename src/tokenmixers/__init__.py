@@ -1,0 +1,46 @@
+"""tokenmixers: ViT, MLP-Mixer, ShiftViT, Sequencer2D and Vision-LSTM as one skeleton with
+different token mixers."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from tokenmixers.backbones import Backbone, HierarchicalBackbone, IsotropicBackbone
+from tokenmixers.blocks import Block
+from tokenmixers.mixers import MIXERS, create_mixer, register_mixer
+from tokenmixers.weights import (
+    CheckpointMismatchError,
+    load_model,
+    load_weights,
+    save_weights,
+)
+from tokenmixers.zoo import (
+    ZOO,
+    UnknownModelError,
+    create_model,
+    get_spec,
+    list_models,
+    register_with_timm,
+)
+
+register_with_timm()
+
+__all__ = [
+    "MIXERS",
+    "ZOO",
+    "Backbone",
+    "Block",
+    "CheckpointMismatchError",
+    "HierarchicalBackbone",
+    "IsotropicBackbone",
+    "UnknownModelError",
+    "__version__",
+    "create_mixer",
+    "create_model",
+    "get_spec",
+    "list_models",
+    "load_model",
+    "load_weights",
+    "register_mixer",
+    "save_weights",
+]

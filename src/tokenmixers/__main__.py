@@ -1,0 +1,3 @@
+from tokenmixers.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,220 @@
+"""The hierarchical skeleton (ShiftViT, Sequencer2D): a stem, then stages whose width grows
+while the grid shrinks.
+
+    image -> stem (conv k=s=patch [, norm]) -> stage 0 -> downsample -> stage 1 -> ...
+          -> norm -> head
+
+Activations stay channels-last (``[B, H, W, C]``) between stages; blocks see them as
+``[B, H*W, C]`` tokens with the grid, so every mixer fits here as well as in the
+isotropic skeleton. Norm layers act on any channels-last tensor ``[B, ..., C]`` (a
+sample-wise norm such as GroupNorm(1) then normalises over the whole grid either way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+from tokenmixers.backbones.base import Backbone
+from tokenmixers.backbones.isotropic import _take_indices
+from tokenmixers.blocks import Block
+from tokenmixers.layers import PatchEmbed, linear_ramp, to_2tuple
+from tokenmixers.mixers import create_mixer
+
+
+def _per_stage(value: Any, num_stages: int, name: str) -> list[Any]:
+    """A scalar (or dict) for every stage, or a sequence with one entry per stage."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != num_stages:
+            raise ValueError(f"{name} has {len(value)} entries for {num_stages} stages")
+        return list(value)
+    return [value] * num_stages
+
+
+class Downsample(nn.Module):
+    """``[B, H, W, C_in] -> [B, H/k, W/k, C_out]``: optional norm, then a k×k stride-k conv."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        *,
+        kernel_size: int,
+        norm_layer: Callable[[int], nn.Module] | None = None,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.norm = norm_layer(in_dim) if norm_layer is not None else nn.Identity()
+        self.conv = nn.Conv2d(
+            in_dim, out_dim, kernel_size=kernel_size, stride=kernel_size, bias=bias
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class Stage(nn.Module):
+    """An optional downsample, then blocks at one width: ``[B, H, W, C] -> [B, H', W', C']``."""
+
+    def __init__(self, downsample: nn.Module | None, blocks: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.downsample = downsample if downsample is not None else nn.Identity()
+        self.blocks = nn.ModuleList(blocks)
+
+
+class HierarchicalBackbone(Backbone):
+    """``forward_features``: ``[B, C_in, H, W] -> [B, h, w, C_last]`` (channels-last)."""
+
+    def __init__(
+        self,
+        *,
+        mixer: str | Sequence[str],
+        mixer_kwargs: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
+        img_size: int | Sequence[int] = 224,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        patch_size: int = 4,
+        embed_dims: Sequence[int] = (96, 192, 384, 768),
+        depths: Sequence[int] = (2, 2, 6, 2),
+        downsample_sizes: Sequence[int] | None = None,
+        mlp_ratios: float | Sequence[float | None] | None = 4.0,
+        norm_layer: Callable[[int], nn.Module] = partial(nn.LayerNorm, eps=1e-6),
+        act_layer: Callable[[], nn.Module] = nn.GELU,
+        stem_norm: bool = False,
+        downsample_norm: bool = False,
+        downsample_bias: bool = True,
+        mixer_norm: bool = True,
+        mixer_residual: bool = True,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        num_stages = len(depths)
+        if len(embed_dims) != num_stages:
+            raise ValueError(f"embed_dims has {len(embed_dims)} entries for {num_stages} stages")
+        downsample_sizes = list(downsample_sizes or [2] * (num_stages - 1))
+        if len(downsample_sizes) != num_stages - 1:
+            raise ValueError(
+                f"downsample_sizes needs {num_stages - 1} entries (one between each pair of "
+                f"stages), got {len(downsample_sizes)}"
+            )
+        mixers = _per_stage(mixer, num_stages, "mixer")
+        mixer_kwargs_ = _per_stage(mixer_kwargs or {}, num_stages, "mixer_kwargs")
+        mlp_ratios_ = _per_stage(mlp_ratios, num_stages, "mlp_ratios")
+        self.img_size = to_2tuple(img_size)
+        self.embed_dims = tuple(embed_dims)
+        self.patch_embed = PatchEmbed(
+            patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dims[0],
+            norm_layer=norm_layer if stem_norm else None,
+        )
+        self.strides = [patch_size]
+        for k in downsample_sizes:
+            self.strides.append(self.strides[-1] * k)
+        grid = self.patch_embed.grid_size(self.img_size)
+        dpr = linear_ramp(drop_path_rate, sum(depths))
+        stages, block_idx = [], 0
+        for i in range(num_stages):
+            downsample = None
+            if i > 0:
+                k = downsample_sizes[i - 1]
+                downsample = Downsample(
+                    embed_dims[i - 1], embed_dims[i], kernel_size=k,
+                    norm_layer=norm_layer if downsample_norm else None, bias=downsample_bias,
+                )
+                grid = (grid[0] // k, grid[1] // k)
+            ratio = mlp_ratios_[i]
+            blocks = [
+                Block(
+                    embed_dims[i],
+                    create_mixer(mixers[i], embed_dims[i], grid=grid, **mixer_kwargs_[i]),
+                    norm_layer=norm_layer,
+                    act_layer=act_layer,
+                    mlp_hidden_dim=int(embed_dims[i] * ratio) if ratio else None,
+                    mixer_norm=mixer_norm,
+                    mixer_residual=mixer_residual,
+                    drop_path=dpr[block_idx + j],
+                    proj_drop=proj_drop_rate,
+                )
+                for j in range(depths[i])
+            ]
+            block_idx += depths[i]
+            stages.append(Stage(downsample, blocks))
+        self.stages = nn.ModuleList(stages)
+        self.norm = norm_layer(embed_dims[-1])
+        self._init_head(
+            num_features=embed_dims[-1], num_classes=num_classes, global_pool=global_pool,
+            fc_norm_layer=None, drop_rate=drop_rate,
+        )
+
+    def _check_input_size(self, hw: Sequence[int]) -> None:
+        total = self.strides[-1]
+        if any(s % total for s in hw):
+            name = self.model_name or type(self).__name__
+            raise ValueError(
+                f"{name} downsamples by {total} in all: input height and width must be "
+                f"multiples of {total}, got {hw[0]}x{hw[1]} (nearest square sizes: "
+                f"{max(total, hw[0] // total * total)} or {(hw[0] // total + 1) * total})"
+            )
+
+    def _stage_forward(self, stage: Stage, x: torch.Tensor) -> torch.Tensor:
+        x = stage.downsample(x)
+        b, h, w, c = x.shape
+        t = x.reshape(b, h * w, c)
+        t = self._run_blocks(stage.blocks, t, (h, w))
+        return t.reshape(b, h, w, c)
+
+    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_size(x.shape[-2:])
+        x = self.patch_embed(x)
+        for stage in self.stages:
+            x = self._stage_forward(stage, x)
+        return self._final_norm(x)
+
+    def _head_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1, 2)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Each chosen stage's output as ``[B, C_i, H/s_i, W/s_i]`` (``NCHW``) or ``NHWC``."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take = _take_indices(len(self.stages), indices)
+        self._check_input_size(x.shape[-2:])
+        x = self.patch_embed(x)
+        stages = self.stages[: max(take) + 1] if stop_early else self.stages
+        out = []
+        for i, stage in enumerate(stages):
+            x = self._stage_forward(stage, x)
+            if i in take:
+                # The final norm belongs to the last stage's output only.
+                y = self._final_norm(x) if norm and i == len(self.stages) - 1 else x
+                out.append(y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y)
+        if intermediates_only:
+            return out
+        return self._final_norm(x), out
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        return [
+            {"num_chs": c, "reduction": s, "module": f"stages.{i}"}
+            for i, (c, s) in enumerate(zip(self.embed_dims, self.strides))
+        ]
+

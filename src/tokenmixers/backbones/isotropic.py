@@ -1,0 +1,277 @@
+"""The isotropic skeleton (ViT, MLP-Mixer, ViL): one patch embedding, then ``depth`` blocks
+at a single width and resolution.
+
+    image -> PatchEmbed -> [class token] -> (+ position embedding) -> blocks -> norm -> head
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+from tokenmixers.backbones.base import Backbone
+from tokenmixers.blocks import Block
+from tokenmixers.layers import (
+    PatchEmbed,
+    grid_to_nchw,
+    interpolate_pos_embed_grid,
+    linear_ramp,
+    to_2tuple,
+)
+from tokenmixers.mixers import create_mixer
+
+#: ``learned``: timm's flat ``[1, (P +) h*w, D]`` table, resampled as timm does;
+#: ``learned_grid``: a ``[1, h, w, D]`` table (``pos_embed.embed``, ViL's layout) added on
+#: the grid, resized bicubically without antialiasing; ``none``.
+POS_EMBEDS = ("learned", "learned_grid", "none")
+
+
+class GridPosEmbed(nn.Module):
+    """A learned ``[1, h, w, D]`` position embedding added to a ``[B, H, W, D]`` grid, resized
+    bicubically (``align_corners=False``, no antialias) when the grid differs."""
+
+    def __init__(self, grid: tuple[int, int], dim: int) -> None:
+        super().__init__()
+        self.embed = nn.Parameter(torch.zeros(1, grid[0], grid[1], dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + interpolate_pos_embed_grid(self.embed, x.shape[1:3])
+
+
+def _take_indices(num: int, indices: int | Sequence[int] | None) -> list[int]:
+    """timm's convention: None -> all, int n -> the last n, sequence -> those (negatives from
+    the end)."""
+    if indices is None:
+        indices = num
+    if isinstance(indices, int):
+        if not 0 < indices <= num:
+            raise ValueError(f"indices={indices}: ask for the last 1 to {num} blocks")
+        return list(range(num - indices, num))
+    out = []
+    for i in indices:
+        j = num + i if i < 0 else i
+        if not 0 <= j < num:
+            raise ValueError(f"index {i} is out of range for {num} blocks")
+        out.append(j)
+    return out
+
+
+class IsotropicBackbone(Backbone):
+    """A stack of :class:`~tokenmixers.blocks.Block` on one token grid.
+
+    ``forward_features``: ``[B, C_in, H, W] -> [B, N, D]`` (prefix tokens first, then the
+    row-major grid); ``forward_head`` pools and classifies.
+    """
+
+    def __init__(
+        self,
+        *,
+        mixer: str,
+        mixer_kwargs: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
+        img_size: int | Sequence[int] = 224,
+        patch_size: int = 16,
+        patch_stride: int | None = None,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 768,
+        depth: int = 12,
+        mlp_ratio: float | None = 4.0,
+        class_token: bool = False,
+        pos_embed: str = "learned",
+        no_embed_class: bool = False,
+        dynamic_img_size: bool = True,
+        global_pool: str = "avg",
+        fc_norm: bool | Callable[[int], nn.Module] = False,
+        norm_layer: Callable[[int], nn.Module] = partial(nn.LayerNorm, eps=1e-6),
+        final_norm_layer: Callable[[int], nn.Module] | None = None,
+        act_layer: Callable[[], nn.Module] = nn.GELU,
+        mixer_norm: bool = True,
+        mixer_residual: bool = True,
+        stem_bias: bool = True,
+        drop_rate: float = 0.0,
+        pos_drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        drop_path_schedule: str = "linear",
+    ) -> None:
+        super().__init__()
+        if pos_embed not in POS_EMBEDS:
+            raise ValueError(f"unknown pos_embed {pos_embed!r}; choose from {POS_EMBEDS}")
+        self.img_size = to_2tuple(img_size)
+        self.embed_dim = embed_dim
+        self.dynamic_img_size = dynamic_img_size
+        self.no_embed_class = no_embed_class
+        self.num_prefix_tokens = 1 if class_token else 0
+        self.patch_embed = PatchEmbed(
+            patch_size=patch_size, stride=patch_stride, in_chans=in_chans, embed_dim=embed_dim,
+            bias=stem_bias,
+        )
+        self.grid_size = self.patch_embed.grid_size(self.img_size)
+        num_patches = self.grid_size[0] * self.grid_size[1]
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.pos_embed_kind = pos_embed
+        if pos_embed == "learned":
+            embed_len = num_patches + (0 if no_embed_class else self.num_prefix_tokens)
+            self.pos_embed = nn.Parameter(torch.zeros(1, embed_len, embed_dim))
+        elif pos_embed == "learned_grid":
+            self.pos_embed = GridPosEmbed(self.grid_size, embed_dim)
+        else:
+            self.pos_embed = None
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+
+        if drop_path_schedule == "linear":
+            dpr = linear_ramp(drop_path_rate, depth)
+        elif drop_path_schedule == "constant":
+            dpr = [drop_path_rate] * depth
+        else:
+            raise ValueError(
+                f"drop_path_schedule must be 'linear' or 'constant', got {drop_path_schedule!r}"
+            )
+        if isinstance(mixer_kwargs, (list, tuple)):
+            if len(mixer_kwargs) != depth:
+                raise ValueError(f"mixer_kwargs has {len(mixer_kwargs)} entries for {depth} blocks")
+            per_block = [dict(k) for k in mixer_kwargs]
+        else:
+            per_block = [dict(mixer_kwargs or {}) for _ in range(depth)]
+        self.blocks = nn.ModuleList(
+            Block(
+                embed_dim,
+                create_mixer(
+                    mixer, embed_dim, grid=self.grid_size,
+                    num_prefix_tokens=self.num_prefix_tokens, **per_block[i],
+                ),
+                norm_layer=norm_layer,
+                act_layer=act_layer,
+                mlp_hidden_dim=int(embed_dim * mlp_ratio) if mlp_ratio else None,
+                mixer_norm=mixer_norm,
+                mixer_residual=mixer_residual,
+                drop_path=dpr[i],
+                proj_drop=proj_drop_rate,
+            )
+            for i in range(depth)
+        )
+        # timm's arrangement: fc_norm=True moves the final norm after pooling. A norm factory
+        # as fc_norm keeps the final norm and adds that one after pooling (ViL's heads).
+        final_norm_layer = final_norm_layer or norm_layer
+        if fc_norm is True:
+            self.norm = nn.Identity()
+            fc_norm_layer = final_norm_layer
+        else:
+            self.norm = final_norm_layer(embed_dim)
+            fc_norm_layer = fc_norm or None
+        self._init_head(
+            num_features=embed_dim, num_classes=num_classes, global_pool=global_pool,
+            fc_norm_layer=fc_norm_layer, drop_rate=drop_rate,
+        )
+        self._fixed_grids = sorted(
+            {tuple(b.mixer.fixed_grid) for b in self.blocks if hasattr(b.mixer, "fixed_grid")}
+        )
+
+    # -- embedding -----------------------------------------------------------------------
+    def _check_input_size(self, hw: tuple[int, int]) -> None:
+        grid = self.patch_embed.grid_size(hw)
+        if self._fixed_grids and grid not in self._fixed_grids:
+            name = self.model_name or type(self).__name__
+            raise ValueError(
+                f"{name} takes {self.img_size[0]}x{self.img_size[1]} images only: its token mixer "
+                f"is built for a {self.grid_size[0]}x{self.grid_size[1]} grid of patches, and a "
+                f"{hw[0]}x{hw[1]} image gives {grid[0]}x{grid[1]}. Build a model for that size: "
+                f"create_model({name!r}, img_size={hw[0] if hw[0] == hw[1] else tuple(hw)})"
+            )
+        if not self.dynamic_img_size and tuple(hw) != self.img_size:
+            raise ValueError(
+                f"input size {hw[0]}x{hw[1]} differs from img_size {self.img_size} and "
+                "dynamic_img_size=False; pass dynamic_img_size=True to resample the position "
+                "embedding"
+            )
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        self._check_input_size(tuple(x.shape[-2:]))
+        x = self.patch_embed(x)  # [B, h, w, D]
+        b, h, w, d = x.shape
+        x = x.reshape(b, h * w, d)
+        prefix = [self.cls_token.expand(b, -1, -1)] if self.cls_token is not None else []
+        if isinstance(self.pos_embed, GridPosEmbed):
+            x = self.pos_embed(x.reshape(b, h, w, d)).reshape(b, h * w, d)
+            x = torch.cat([*prefix, x], dim=1) if prefix else x
+        elif self.pos_embed is None:
+            x = torch.cat([*prefix, x], dim=1) if prefix else x
+        else:
+            pos = self._resampled_pos_embed((h, w))
+            if self.no_embed_class:
+                x = x + pos
+                x = torch.cat([*prefix, x], dim=1) if prefix else x
+            else:
+                x = torch.cat([*prefix, x], dim=1) if prefix else x
+                x = x + pos
+        return self.pos_drop(x), (h, w)
+
+    def _resampled_pos_embed(self, grid: tuple[int, int]) -> torch.Tensor:
+        from timm.layers import resample_abs_pos_embed
+
+        if grid == self.grid_size:
+            return self.pos_embed
+        # Exactly timm's dynamic_img_size resampling (bicubic, antialiased), so weights
+        # trained in timm behave identically at every resolution.
+        return resample_abs_pos_embed(
+            self.pos_embed, new_size=grid, old_size=self.grid_size,
+            num_prefix_tokens=0 if self.no_embed_class else self.num_prefix_tokens,
+        )
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x, grid = self._embed(x)
+        x = self._run_blocks(self.blocks, x, grid)
+        return self.norm(x)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        return_prefix_tokens: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Features after the chosen blocks, as ``[B, D, h, w]`` maps (``output_fmt='NCHW'``)
+        or ``[B, h, w, D]`` (``'NHWC'``); with ``return_prefix_tokens`` each item is a
+        ``(map, prefix tokens)`` pair. Returns ``(final features, list)`` unless
+        ``intermediates_only``."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take = _take_indices(len(self.blocks), indices)
+        last = max(take)
+        x, grid = self._embed(x)
+        blocks = self.blocks[: last + 1] if stop_early else self.blocks
+        out: list[Any] = []
+        for i, blk in enumerate(blocks):
+            x = self._run_block(blk, x, grid)
+            if i in take:
+                y = self.norm(x) if norm else x
+                fmap = grid_to_nchw(y, grid, self.num_prefix_tokens)
+                if output_fmt == "NHWC":
+                    fmap = fmap.permute(0, 2, 3, 1)
+                if return_prefix_tokens:
+                    fmap = (fmap, y[:, : self.num_prefix_tokens])
+                out.append(fmap)
+        if intermediates_only:
+            return out
+        return self.norm(x), out
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the blocks after the last one ``indices`` asks for (and optionally the head)."""
+        take = _take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: max(take) + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.fc_norm = nn.Identity()
+            self.reset_classifier(0)
+        return take

@@ -1,0 +1,210 @@
+"""Layers shared by every skeleton: patch embedding, channel MLP, drop path, pooling.
+
+Everything here works on tokens ``[B, N, C]`` or channels-last grids ``[B, H, W, C]``;
+convolutions permute to NCHW internally and back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "POOLINGS",
+    "DropPath",
+    "Mlp",
+    "PatchEmbed",
+    "grid_to_nchw",
+    "interpolate_pos_embed_grid",
+    "linear_ramp",
+    "pool_tokens",
+    "register_pooling",
+    "to_2tuple",
+]
+
+
+def linear_ramp(end: float, n: int) -> list[float]:
+    """``n`` values from 0 to ``end`` inclusive (stochastic-depth rates over blocks)."""
+    if n <= 1:
+        return [0.0] * n
+    return [end * i / (n - 1) for i in range(n)]
+
+
+def to_2tuple(value: int | Sequence[int]) -> tuple[int, int]:
+    """``7 -> (7, 7)``; ``(160, 256) -> (160, 256)``."""
+    if isinstance(value, int):
+        return (value, value)
+    pair = tuple(int(v) for v in value)
+    if len(pair) != 2:
+        raise ValueError(f"expected an int or a pair of ints, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample (scaled to keep the mean)."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:.3f}"
+
+
+class Mlp(nn.Module):
+    """Two-layer perceptron on the last dimension: ``[..., C] -> [..., out]``."""
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        out_features: int | None = None,
+        *,
+        act_layer: Callable[[], nn.Module] = nn.GELU,
+        bias: bool = True,
+        drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        out_features = out_features or in_features
+        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
+        self.act = act_layer()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_features, out_features, bias=bias)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class PatchEmbed(nn.Module):
+    """Image to a channels-last grid of patch embeddings: ``[B, C_in, H, W] -> [B, h, w, D]``.
+
+    A convolution with kernel ``patch_size`` and stride ``stride`` (``= patch_size`` for
+    non-overlapping patches). Input sizes the stride does not tile exactly are refused
+    with a message that names the nearest sizes that work, rather than silently cropped.
+    """
+
+    def __init__(
+        self,
+        *,
+        patch_size: int | Sequence[int],
+        in_chans: int,
+        embed_dim: int,
+        stride: int | Sequence[int] | None = None,
+        bias: bool = True,
+        norm_layer: Callable[[int], nn.Module] | None = None,
+    ) -> None:
+        super().__init__()
+        self.patch_size = to_2tuple(patch_size)
+        self.stride = to_2tuple(stride) if stride is not None else self.patch_size
+        self.in_chans = in_chans
+        self.embed_dim = embed_dim
+        self.proj = nn.Conv2d(
+            in_chans, embed_dim, kernel_size=self.patch_size, stride=self.stride, bias=bias
+        )
+        self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
+
+    def grid_size(self, img_size: Sequence[int]) -> tuple[int, int]:
+        """The ``(h, w)`` grid this embedding produces for an ``(H, W)`` image."""
+        self.check_size(img_size)
+        return tuple(  # type: ignore[return-value]
+            (s - p) // st + 1 for s, p, st in zip(img_size, self.patch_size, self.stride)
+        )
+
+    def check_size(self, img_size: Sequence[int]) -> None:
+        for axis, s, p, st in zip(("height", "width"), img_size, self.patch_size, self.stride):
+            if s < p or (s - p) % st:
+                lower = max(p, p + (s - p) // st * st)
+                upper = lower + st if s >= p else p
+                raise ValueError(
+                    f"input {axis} {s} does not fit patches of {p} pixels with stride {st}: "
+                    f"use a {axis} of the form {p} + k*{st} (nearest: {lower} or {upper}), "
+                    "or resize the images"
+                )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            raise ValueError(f"expected images shaped [B, C, H, W], got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"the model takes {self.in_chans}-channel images but got {x.shape[1]} channels: "
+                f"build it with in_chans={x.shape[1]}, or convert the images"
+            )
+        self.check_size(x.shape[-2:])
+        x = self.proj(x).permute(0, 2, 3, 1)
+        return self.norm(x)
+
+
+def _avg(x: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    return x[:, num_prefix_tokens:].mean(dim=1)
+
+
+def _max(x: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    return x[:, num_prefix_tokens:].amax(dim=1)
+
+
+def _token(x: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    if num_prefix_tokens < 1:
+        raise ValueError("global_pool='token' needs a class token (class_token=True)")
+    return x[:, 0]
+
+
+def _none(x: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    return x
+
+
+#: name -> (pool function ``([B, N, C], num_prefix_tokens) -> [B, k*C]``, width multiplier k).
+#: '' keeps the tokens (the head is then applied per token, as timm does).
+POOLINGS: dict[str, tuple[Callable[[torch.Tensor, int], torch.Tensor], int]] = {
+    "avg": (_avg, 1),
+    "max": (_max, 1),
+    "token": (_token, 1),
+    "": (_none, 1),
+}
+
+
+def register_pooling(
+    name: str, fn: Callable[[torch.Tensor, int], torch.Tensor], width_multiplier: int = 1
+) -> None:
+    """Make ``global_pool=name`` available to every backbone."""
+    if name in POOLINGS:
+        raise ValueError(f"a pooling named {name!r} is already registered")
+    POOLINGS[name] = (fn, width_multiplier)
+
+
+def pool_tokens(x: torch.Tensor, kind: str, num_prefix_tokens: int) -> torch.Tensor:
+    """Pool ``[B, N, C]`` tokens with one of :data:`POOLINGS`."""
+    try:
+        fn, _ = POOLINGS[kind]
+    except KeyError:
+        raise ValueError(f"unknown global_pool {kind!r}; choose from {sorted(POOLINGS)}") from None
+    return fn(x, num_prefix_tokens)
+
+
+def grid_to_nchw(x: torch.Tensor, grid: Sequence[int], num_prefix_tokens: int = 0) -> torch.Tensor:
+    """``[B, P + h*w, C]`` tokens (row-major grid after P prefix tokens) -> ``[B, C, h, w]``."""
+    b, _, c = x.shape
+    return x[:, num_prefix_tokens:].reshape(b, grid[0], grid[1], c).permute(0, 3, 1, 2)
+
+
+def interpolate_pos_embed_grid(
+    pos: torch.Tensor, size: Sequence[int], *, antialias: bool = False
+) -> torch.Tensor:
+    """Bicubic resize of a ``[1, h, w, D]`` position embedding to ``[1, H, W, D]``."""
+    if tuple(pos.shape[1:3]) == tuple(size):
+        return pos
+    out = F.interpolate(
+        pos.permute(0, 3, 1, 2), size=tuple(size), mode="bicubic", align_corners=False,
+        antialias=antialias,
+    )
+    return out.permute(0, 2, 3, 1)

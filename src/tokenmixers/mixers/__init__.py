@@ -1,0 +1,71 @@
+"""Token mixers: one module per file, all behind one contract.
+
+A mixer maps ``[B, N, C]`` tokens to ``[B, N, C]`` tokens and is called as
+``mixer(x, grid=(h, w))``: the last ``h*w`` tokens are the grid in row-major order and
+any before them are prefix tokens (a class token). The grid is a property of the
+input, not of the constructor, wherever the mixer allows it; a mixer that is built for
+one grid (the token MLP) sets ``fixed_grid`` and refuses any other.
+
+Each mixer registers a factory under a short name with :func:`register_mixer`. Every
+factory is called as ``factory(dim, grid=..., num_prefix_tokens=..., **mixer_kwargs)``
+so that any mixer fits any skeleton; factories take only the keywords they use, so a
+misspelt option raises instead of vanishing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+MixerFactory = Callable[..., nn.Module]
+
+MIXERS: dict[str, MixerFactory] = {}
+
+
+def register_mixer(name: str) -> Callable[[MixerFactory], MixerFactory]:
+    """Decorator: make ``factory`` available as ``mixer=name`` in every skeleton."""
+
+    def wrap(factory: MixerFactory) -> MixerFactory:
+        if name in MIXERS:
+            raise ValueError(f"a mixer named {name!r} is already registered")
+        MIXERS[name] = factory
+        return factory
+
+    return wrap
+
+
+def create_mixer(
+    name: str, dim: int, *, grid: tuple[int, int], num_prefix_tokens: int = 0, **kwargs: Any
+) -> nn.Module:
+    """Build the mixer registered as ``name`` for width ``dim`` (see the module docstring)."""
+    try:
+        factory = MIXERS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, MIXERS, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown mixer {name!r}{hint} Registered: {sorted(MIXERS)}") from None
+    accepted = set(inspect.signature(factory).parameters) - {"dim", "grid", "num_prefix_tokens"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise TypeError(
+            f"mixer {name!r} does not take {unknown}; it accepts {sorted(accepted) or 'no options'}"
+        )
+    return factory(dim, grid=grid, num_prefix_tokens=num_prefix_tokens, **kwargs)
+
+
+def _import_all() -> None:
+    # Every module in this package defines and registers one mixer.
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_all()
+
+__all__ = ["MIXERS", "create_mixer", "register_mixer"]

@@ -1,0 +1,214 @@
+"""The model zoo: every named model is one entry of data, with the paper's facts beside it.
+
+``create_model(name, **overrides)`` builds one; overrides use the reference
+implementation's argument names (timm's for ViT and MLP-Mixer). Importing tokenmixers
+also registers every entry in timm's registry as ``tm_<name>``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenmixers.backbones import Backbone
+from tokenmixers.families import FAMILIES
+
+
+@dataclass(frozen=True)
+class Paper:
+    """Published facts about a model, for tests and reports."""
+
+    title: str
+    arxiv: str
+    #: Parameter count of the model with its ImageNet (1000-class) head, exact.
+    params: int
+    #: Multiply-accumulates per image at the native resolution, in billions (as published,
+    #: or as counted by timm where the paper gives none).
+    gmacs: float | None = None
+    #: ImageNet-1k top-1 accuracy (%) as published, with the training recipe it came from.
+    top1: float | None = None
+    top1_source: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str
+    config: dict[str, Any]
+    paper: Paper
+    notes: str = ""
+    tags: tuple[str, ...] = field(default=())
+
+
+ZOO: dict[str, ModelSpec] = {}
+
+
+def _add(name: str, family: str, paper: Paper, **config: Any) -> None:
+    if name in ZOO:
+        raise ValueError(f"duplicate zoo entry {name!r}")
+    ZOO[name] = ModelSpec(name=name, family=family, config=config, paper=paper)
+
+
+_VIT = "An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale"
+_DEIT = "DeiT (arXiv 2012.12877), 300 epochs on ImageNet-1k"
+_MIXER = "MLP-Mixer: An all-MLP Architecture for Vision"
+
+# ---- ViT (attention) -------------------------------------------------------------------
+_add("vit_tiny_patch16_224", "vit",
+     Paper(_VIT, "2010.11929", params=5_717_416, gmacs=1.3, top1=72.2, top1_source=_DEIT),
+     patch_size=16, embed_dim=192, depth=12, num_heads=3)
+_add("vit_small_patch16_224", "vit",
+     Paper(_VIT, "2010.11929", params=22_050_664, gmacs=4.6, top1=79.8, top1_source=_DEIT),
+     patch_size=16, embed_dim=384, depth=12, num_heads=6)
+_add("vit_base_patch16_224", "vit",
+     Paper(_VIT, "2010.11929", params=86_567_656, gmacs=17.6, top1=81.8, top1_source=_DEIT),
+     patch_size=16, embed_dim=768, depth=12, num_heads=12)
+
+# ---- MLP-Mixer (token MLP) -------------------------------------------------------------
+_add("mixer_s16_224", "mixer", Paper(_MIXER, "2105.01601", params=18_528_264, gmacs=3.8),
+     patch_size=16, num_blocks=8, embed_dim=512)
+_add("mixer_s32_224", "mixer", Paper(_MIXER, "2105.01601", params=19_104_624, gmacs=1.0),
+     patch_size=32, num_blocks=8, embed_dim=512)
+_add("mixer_b16_224", "mixer", Paper(_MIXER, "2105.01601", params=59_880_472, gmacs=12.6),
+     patch_size=16, num_blocks=12, embed_dim=768)
+_add("mixer_b32_224", "mixer", Paper(_MIXER, "2105.01601", params=60_293_428, gmacs=3.2),
+     patch_size=32, num_blocks=12, embed_dim=768)
+_add("mixer_l16_224", "mixer", Paper(_MIXER, "2105.01601", params=208_196_168, gmacs=44.6),
+     patch_size=16, num_blocks=24, embed_dim=1024)
+
+
+class UnknownModelError(ValueError):
+    """An unknown model name; the message suggests the closest names."""
+
+
+def _suggest(word: str, choices: list[str], n: int = 5) -> str:
+    close = difflib.get_close_matches(word, choices, n=n, cutoff=0.4)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
+    """Names in the zoo matching a shell-style ``pattern``, sorted."""
+    return sorted(
+        n for n, s in ZOO.items()
+        if fnmatch.fnmatch(n, pattern) and (family is None or s.family == family)
+    )
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return ZOO[name]
+    except KeyError:
+        raise UnknownModelError(
+            f"unknown model {name!r}{_suggest(name, list(ZOO))} "
+            "(tokenmixers.list_models() lists them all)"
+        ) from None
+
+
+def model_arguments(name: str) -> list[str]:
+    """The override names ``create_model(name, ...)`` accepts."""
+    return list(inspect.signature(FAMILIES[get_spec(name).family].build).parameters)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def create_model(name: str, **overrides: Any) -> Backbone:
+    """Build the zoo model ``name``; ``overrides`` replace its configuration entries.
+
+    >>> m = create_model("mixer_s16_224", img_size=28, patch_size=4, in_chans=1,
+    ...                  embed_dim=64, num_blocks=2, num_classes=10)
+    """
+    spec = get_spec(name)
+    family = FAMILIES[spec.family]
+    accepted = model_arguments(name)
+    unknown = [k for k in overrides if k not in accepted]
+    if unknown:
+        hints = "; ".join(
+            f"{k!r}{_suggest(k, accepted, n=3)}" for k in unknown
+        )
+        raise TypeError(
+            f"{name} does not take {hints}. It accepts (the {family.reference} names): "
+            f"{', '.join(accepted)}"
+        )
+    config = {**spec.config, **overrides}
+    model = family.build(**config)
+    model.model_name = name
+    model.model_config = _jsonable(config)
+    json.dumps(model.model_config)  # fail here, not at save time, if a value is not plain data
+    model.pretrained_cfg = _pretrained_cfg(model)
+    model.default_cfg = model.pretrained_cfg
+    return model
+
+
+def _pretrained_cfg(model: Backbone) -> dict[str, Any]:
+    """What timm's data helpers (``resolve_data_config``, ``create_transform``) read."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    in_chans = model.patch_embed.in_chans
+    mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    if in_chans != 3:
+        mean, std = (0.5,) * in_chans, (0.5,) * in_chans
+    return {
+        "architecture": model.model_name,
+        "input_size": (in_chans, *model.img_size),
+        "interpolation": "bicubic",
+        "crop_pct": 0.9,
+        "mean": mean,
+        "std": std,
+        "num_classes": model.num_classes,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+    }
+
+
+# ---- timm registry ---------------------------------------------------------------------
+TIMM_PREFIX = "tm_"
+
+
+def _timm_entrypoint(name: str):
+    def entrypoint(
+        pretrained: bool = False,
+        pretrained_cfg: Any = None,
+        pretrained_cfg_overlay: Any = None,
+        cache_dir: Any = None,
+        **kwargs: Any,
+    ) -> Backbone:
+        if pretrained:
+            raise RuntimeError(
+                f"tokenmixers publishes no pretrained weights for {name}; create it with "
+                "pretrained=False and load a checkpoint with tokenmixers.load_weights(model, path)"
+            )
+        return create_model(name, **kwargs)
+
+    entrypoint.__name__ = TIMM_PREFIX + name
+    entrypoint.__qualname__ = TIMM_PREFIX + name
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = f"tokenmixers' {name} (see tokenmixers.zoo.ZOO[{name!r}])."
+    return entrypoint
+
+
+def register_with_timm() -> list[str]:
+    """Register every zoo model in timm as ``tm_<name>``, never replacing a timm model.
+    Returns the names registered by this call."""
+    import timm
+    from timm.models import register_model
+
+    done = []
+    for name in ZOO:
+        timm_name = TIMM_PREFIX + name
+        if timm.is_model(timm_name):
+            continue  # already ours (re-import) or timm's own: leave it alone
+        register_model(_timm_entrypoint(name))
+        done.append(timm_name)
+    return done
