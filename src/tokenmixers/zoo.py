@@ -81,6 +81,13 @@ _add("mixer_l16_224", "mixer", Paper(_MIXER, "2105.01601", params=208_196_168, g
      patch_size=16, num_blocks=24, embed_dim=1024)
 
 
+# ---- ShiftViT (shift) ------------------------------------------------------------------
+
+# ---- Sequencer2D (BiLSTM2D) ------------------------------------------------------------
+
+# ---- Vision-LSTM (mLSTM) ---------------------------------------------------------------
+
+
 class UnknownModelError(ValueError):
     """An unknown model name; the message suggests the closest names."""
 
