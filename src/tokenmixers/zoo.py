@@ -86,6 +86,25 @@ _add("mixer_l16_224", "mixer", Paper(_MIXER, "2105.01601", params=208_196_168, g
 # ---- Sequencer2D (BiLSTM2D) ------------------------------------------------------------
 
 # ---- Vision-LSTM (mLSTM) ---------------------------------------------------------------
+_VIL = "Vision-LSTM: xLSTM as Generic Vision Backbone"
+# v1: depth = blocks (directions alternate); v2: depth = block pairs. Drop path is constant
+# per block, as in the authors' recipes (T 0, S 0.05, B 0.2).
+_add("vil_tiny", "vil", Paper(_VIL, "2406.04303", params=6_088_360),
+     dim=192, depth=24, drop_path_rate=0.0)
+_add("vil_tiny_plus", "vil", Paper(_VIL, "2406.04303", params=7_277_840),
+     dim=192, depth=29, drop_path_rate=0.0)
+_add("vil_small", "vil", Paper(_VIL, "2406.04303", params=22_792_360),
+     dim=384, depth=24, drop_path_rate=0.05)
+_add("vil_small_plus", "vil", Paper(_VIL, "2406.04303", params=24_628_664),
+     dim=384, depth=26, drop_path_rate=0.05)
+_add("vil_base", "vil", Paper(_VIL, "2406.04303", params=88_050_856),
+     dim=768, depth=24, drop_path_rate=0.2)
+_add("vil2_tiny", "vil2", Paper(_VIL, "2406.04303", params=6_391_528),
+     dim=192, depth=12, drop_path_rate=0.0)
+_add("vil2_small", "vil2", Paper(_VIL, "2406.04303", params=23_398_696),
+     dim=384, depth=12, drop_path_rate=0.05)
+_add("vil2_base", "vil2", Paper(_VIL, "2406.04303", params=89_263_528),
+     dim=768, depth=12, drop_path_rate=0.2)
 
 
 class UnknownModelError(ValueError):

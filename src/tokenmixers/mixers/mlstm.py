@@ -1,0 +1,464 @@
+"""Vision-LSTM's mLSTM layer ("Vision-LSTM: xLSTM as Generic Vision Backbone", arXiv
+2406.04303) and the mLSTM cell in three interchangeable forms.
+
+The cell, per head, with gate pre-activations ĩ_t, f̃_t and head dim d::
+
+    C_t = σ(f̃_t) C_{t-1} + exp(ĩ_t) v_t k_tᵀ/√d       n_t = σ(f̃_t) n_{t-1} + exp(ĩ_t) k_t/√d
+    h̃_t = C_t q_t / max(|n_tᵀ q_t|, 1)
+
+computed in the stabilised form of the authors' code: with F_t = Σ_{r≤t} log σ(f̃_r),
+log D_ts = F_t − F_s + ĩ_s (s ≤ t) and m_t = max_s log D_ts,
+
+    C̃_ts = (q_t·k_s/√d) exp(log D_ts − m_t)
+    h̃_t  = Σ_s C̃_ts v_s / (max(|Σ_s C̃_ts|, exp(−m_t)) + 1e-6)
+
+Backends (all give the same values and gradients; tests pin them to each other):
+
+* ``parallel``: the formula above, materialising ``[B, heads, S, S]`` tensors (quadratic).
+* ``chunkwise``: intra-chunk parallel attention plus an inter-chunk recurrent state,
+  linear in S. The stabiliser is the running maximum m_t = max(log σ(f̃_t) + m_{t−1}, ĩ_t),
+  which the chunk boundaries carry exactly, so even the 1e-6 epsilon is reproduced.
+* ``recurrent``: one step per token (the oracle, and the form for streaming).
+* ``auto``: ``chunkwise`` when S ≥ :data:`AUTO_CHUNKWISE_MIN_LEN`, else ``parallel``
+  (measured on a 2-core AVX-512 CPU with torch 2.x: below that length one chunk covers
+  the sequence and the parallel form has less overhead; see ``docs/performance.md``).
+* ``kernels``: the ``mlstm-kernels`` package (GPU Triton kernels), if it is installed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tokenmixers.mixers import register_mixer
+
+BACKENDS = ("auto", "parallel", "chunkwise", "recurrent", "kernels")
+#: Scan orders of the grid: row-major from the top-left (``row``) or bottom-right
+#: (``row_reversed``), column-major from the top-left (``col``) or bottom-right.
+TRAVERSALS = ("row", "row_reversed", "col", "col_reversed")
+#: ``auto`` switches from ``parallel`` to ``chunkwise`` at this sequence length.
+AUTO_CHUNKWISE_MIN_LEN = 96
+DEFAULT_CHUNK_SIZE = 64
+EPS = 1e-6
+
+
+# ---------------------------------------------------------------------------------------
+# The cell: q, k, v [B, NH, S, d]; igate, fgate [B, NH, S] (pre-activations) -> [B, NH, S, d]
+# ---------------------------------------------------------------------------------------
+def mlstm_parallel(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Tensor,
+    fgate: torch.Tensor, *, eps: float = EPS,
+) -> torch.Tensor:
+    """The stabilised quadratic form (see the module docstring)."""
+    s, d = q.shape[-2:]
+    cum_log_f = F.logsigmoid(fgate).cumsum(-1)  # F_t
+    log_d = cum_log_f[..., :, None] - cum_log_f[..., None, :] + igate[..., None, :]
+    causal = torch.ones(s, s, dtype=torch.bool, device=q.device).tril()
+    log_d = log_d.masked_fill(~causal, float("-inf"))
+    m = log_d.amax(-1, keepdim=True)  # [B, NH, S, 1]
+    c = (q @ k.transpose(-2, -1)) * (d**-0.5) * torch.exp(log_d - m)
+    normaliser = torch.maximum(c.sum(-1, keepdim=True).abs(), torch.exp(-m)) + eps
+    return (c / normaliser) @ v
+
+
+def mlstm_recurrent(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Tensor,
+    fgate: torch.Tensor, *, eps: float = EPS,
+) -> torch.Tensor:
+    """Step by step, with the state scaled by exp(−m_t) so it never overflows."""
+    b, nh, s, d = q.shape
+    k = k * d**-0.5
+    log_f = F.logsigmoid(fgate)
+    c = q.new_zeros(b, nh, d, d)  # Σ exp(.) k vᵀ : [d_k, d_v]
+    n = q.new_zeros(b, nh, d)
+    m = q.new_full((b, nh), float("-inf"))
+    out = []
+    for t in range(s):
+        m_new = torch.maximum(log_f[..., t] + m, igate[..., t])
+        decay = torch.exp(log_f[..., t] + m - m_new)
+        write = torch.exp(igate[..., t] - m_new)
+        kt = k[..., t, :]
+        outer = kt[..., :, None] * v[..., t, None, :]
+        c = decay[..., None, None] * c + write[..., None, None] * outer
+        n = decay[..., None] * n + write[..., None] * kt
+        qt = q[..., t, :]
+        num = (qt[..., None, :] @ c).squeeze(-2)
+        den = (n * qt).sum(-1)
+        out.append(num / (torch.maximum(den.abs(), torch.exp(-m_new)) + eps)[..., None])
+        m = m_new
+    return torch.stack(out, dim=-2)
+
+
+def mlstm_chunkwise(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Tensor,
+    fgate: torch.Tensor, *, chunk_size: int = DEFAULT_CHUNK_SIZE, eps: float = EPS,
+) -> torch.Tensor:
+    """Linear in S: parallel attention inside chunks of at most ``chunk_size`` tokens, a
+    matrix state between them. Any S: the sequence is cut into equal chunks and the last
+    is padded at the end (causality keeps the padding out of every real output)."""
+    b, nh, s, d = q.shape
+    num_chunks = math.ceil(s / chunk_size)
+    size = math.ceil(s / num_chunks)  # balanced chunks: less than one token of padding each
+    pad = num_chunks * size - s
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        igate, fgate = F.pad(igate, (0, pad)), F.pad(fgate, (0, pad))
+    q, k, v = (t.reshape(b, nh, num_chunks, size, d) for t in (q, k, v))
+    k = k * d**-0.5
+    ig = igate.reshape(b, nh, num_chunks, size)
+    cum = F.logsigmoid(fgate).reshape(b, nh, num_chunks, size).cumsum(-1)  # within a chunk
+    neg_inf = float("-inf")
+
+    # Every source's log weight to the end of its chunk; chunk states stabilised by their max.
+    to_end = cum[..., -1:] - cum + ig  # [B, NH, C, L]
+    g = to_end.amax(-1)
+    kw = k * torch.exp(to_end - g[..., None])[..., None]
+    chunk_c = kw.transpose(-2, -1) @ v  # [B, NH, C, d_k, d_v]
+    chunk_n = kw.sum(-2)  # [B, NH, C, d_k]
+
+    # State at the end of chunk c = Σ_{c' ≤ c} decay(c' -> c) * chunk state c'. The number of
+    # chunks is small, so this is one [C, C] matrix product instead of a Python loop.
+    total = cum[..., -1].cumsum(-1)  # [B, NH, C]
+    log_w = total[..., :, None] - total[..., None, :] + g[..., None, :]
+    upper = torch.ones(num_chunks, num_chunks, dtype=torch.bool, device=q.device).triu(1)
+    log_w = log_w.masked_fill(upper, neg_inf)
+    m_end = log_w.amax(-1)  # the running maximum m at each chunk's last token
+    w = torch.exp(log_w - m_end[..., None])
+    end_c = (w @ chunk_c.flatten(-2)).unflatten(-1, (d, d))
+    end_n = w @ chunk_n
+    # The state entering chunk c is the one that left chunk c-1 (nothing before chunk 0).
+    prev_c = F.pad(end_c[:, :, :-1], (0, 0, 0, 0, 1, 0))
+    prev_n = F.pad(end_n[:, :, :-1], (0, 0, 1, 0))
+    prev_m = F.pad(m_end[..., :-1], (1, 0), value=neg_inf)
+
+    log_intra = cum[..., :, None] - cum[..., None, :] + ig[..., None, :]  # [B, NH, C, L, L]
+    causal = torch.ones(size, size, dtype=torch.bool, device=q.device).tril()
+    log_intra = log_intra.masked_fill(~causal, neg_inf)
+    log_inter = cum + prev_m[..., None]  # [B, NH, C, L]
+    m = torch.maximum(log_inter, log_intra.amax(-1))
+    scores = (q @ k.transpose(-2, -1)) * torch.exp(log_intra - m[..., None])
+    inter = torch.exp(log_inter - m)
+    num = scores @ v + inter[..., None] * (q @ prev_c)
+    den = scores.sum(-1) + inter * (q @ prev_n[..., None]).squeeze(-1)
+    h = num / (torch.maximum(den.abs(), torch.exp(-m)) + eps)[..., None]
+    return h.reshape(b, nh, num_chunks * size, d)[:, :, :s]
+
+
+def mlstm_kernels(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Tensor,
+    fgate: torch.Tensor, *, chunk_size: int = DEFAULT_CHUNK_SIZE, eps: float = EPS,
+) -> torch.Tensor:
+    """The ``mlstm-kernels`` package's chunkwise Triton kernel (GPU). Not a dependency."""
+    try:
+        from mlstm_kernels.torch import get_mlstm_kernel
+    except ImportError as err:
+        raise ImportError(
+            "backend='kernels' needs the optional 'mlstm-kernels' package (GPU Triton kernels): "
+            "pip install mlstm-kernels, or use backend='chunkwise' (pure PyTorch, linear in S)"
+        ) from err
+    kernel = get_mlstm_kernel("chunkwise--triton_limit_chunk")
+    return kernel(q=q, k=k, v=v, i=igate, f=fgate, eps=eps, chunk_size=chunk_size)
+
+
+def mlstm(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Tensor,
+    fgate: torch.Tensor, *, backend: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> torch.Tensor:
+    """The mLSTM cell with the chosen backend: ``[B, NH, S, d] -> [B, NH, S, d]``."""
+    if backend == "auto":
+        backend = "chunkwise" if q.shape[-2] >= AUTO_CHUNKWISE_MIN_LEN else "parallel"
+    if backend == "parallel":
+        return mlstm_parallel(q, k, v, igate, fgate)
+    if backend == "chunkwise":
+        return mlstm_chunkwise(q, k, v, igate, fgate, chunk_size=chunk_size)
+    if backend == "recurrent":
+        return mlstm_recurrent(q, k, v, igate, fgate)
+    if backend == "kernels":
+        return mlstm_kernels(q, k, v, igate, fgate, chunk_size=chunk_size)
+    raise ValueError(f"unknown mLSTM backend {backend!r}; choose from {BACKENDS}")
+
+
+# ---------------------------------------------------------------------------------------
+# Norms and maps of the layer
+# ---------------------------------------------------------------------------------------
+class UnitOffsetLayerNorm(nn.Module):
+    """LayerNorm whose scale is ``1 + γ`` (γ stored as ``weight``, initialised to 0), as in
+    xLSTM/ViL: weight decay then pulls the scale towards 1, not 0. ``[..., C] -> [..., C]``."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-5, bias: bool = False) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (x.shape[-1],), 1 + self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}"
+
+
+class HeadNorm(nn.Module):
+    """Normalise each head's channels per token (no per-head affine), then scale the
+    concatenation by ``1 + γ`` (and add a bias). ``[..., NH, d] -> [..., NH*d]``."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-5, bias: bool = False) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x, (x.shape[-1],), eps=self.eps).flatten(-2)
+        x = x * (1 + self.weight)
+        return x + self.bias if self.bias is not None else x
+
+
+class BlockDiagonalLinear(nn.Module):
+    """``y_g = W[g] @ x_g`` on consecutive groups of ``block_size`` channels; ``weight`` is
+    ``[C / block_size, out, in]``. ``[..., C] -> [..., C]``."""
+
+    def __init__(self, dim: int, *, block_size: int = 4, bias: bool = False) -> None:
+        super().__init__()
+        if dim % block_size:
+            raise ValueError(f"dim {dim} is not divisible by the block size {block_size}")
+        self.block_size = block_size
+        self.weight = nn.Parameter(torch.empty(dim // block_size, block_size, block_size))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+        nn.init.normal_(self.weight, std=(2 / (5 * dim)) ** 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        groups = x.unflatten(-1, (-1, self.block_size))
+        y = torch.einsum("...gi,goi->...go", groups, self.weight).flatten(-2)
+        return y + self.bias if self.bias is not None else y
+
+
+# ---------------------------------------------------------------------------------------
+# The ViL layer
+# ---------------------------------------------------------------------------------------
+class MLSTMMixer(nn.Module):
+    """ViL's mLSTM layer: ``[B, N, C] -> [B, N, C]`` for N = prefix tokens + h·w.
+
+    ``proj_up`` to 2E channels split into ``x_m`` and ``z``; per scan order, the tokens are
+    put in that order, ``x_c = SiLU(conv(x_m))`` (v1: causal depthwise Conv1d over the
+    processed sequence; v2: depthwise Conv2d on the processed sequence reshaped to its grid),
+    ``q, k`` from ``x_c`` and ``v`` from ``x_m`` by block-diagonal maps, the gates from
+    ``cat(q, k, v)``, the cell, a per-head norm and ``+ skip ⊙ x_c``; the orders' results are
+    put back and averaged, gated by ``SiLU(z)`` and projected down by ``proj_down``.
+
+    ``traversals``: the scan orders (:data:`TRAVERSALS`); ViL alternates ``("row",)`` and
+    ``("row_reversed",)`` between blocks. ``cls_position``: where a prefix (class) token sits
+    in the scanned sequence (``first`` or ``middle`` of the grid tokens), so that a
+    reversed scan reaches a first-placed class token last, as in the authors' code.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        expansion: int = 2,
+        num_heads: int = 4,
+        qkv_block_size: int = 4,
+        conv: str = "causal1d",
+        conv_kernel_size: int | None = None,
+        bias: bool = False,
+        norm_bias: bool = False,
+        traversals: Sequence[str] = ("row",),
+        cls_position: str = "first",
+        backend: str = "auto",
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> None:
+        super().__init__()
+        inner = expansion * dim
+        if inner % num_heads:
+            raise ValueError(f"inner width {inner} is not divisible by num_heads {num_heads}")
+        if conv not in ("causal1d", "2d"):
+            raise ValueError(f"conv must be 'causal1d' or '2d', got {conv!r}")
+        bad = [t for t in traversals if t not in TRAVERSALS]
+        if bad or not traversals:
+            raise ValueError(f"unknown traversals {bad or traversals}; choose from {TRAVERSALS}")
+        if cls_position not in ("first", "middle"):
+            raise ValueError(f"cls_position must be 'first' or 'middle', got {cls_position!r}")
+        self.inner = inner
+        self.num_heads = num_heads
+        self.traversals = tuple(traversals)
+        self.cls_position = cls_position
+        self.conv_kind = conv
+        self.chunk_size = chunk_size
+        self.backend = backend  # validated by the property setter
+
+        self.proj_up = nn.Linear(dim, 2 * inner, bias=bias)
+        if conv == "causal1d":
+            ks = conv_kernel_size or 4
+            self.conv = nn.Conv1d(inner, inner, ks, groups=inner)
+        else:
+            ks = conv_kernel_size or 3
+            if ks % 2 == 0:
+                raise ValueError(f"the 2d convolution needs an odd kernel size, got {ks}")
+            self.conv = nn.Conv2d(inner, inner, ks, padding=ks // 2, groups=inner)
+        self.q_proj = BlockDiagonalLinear(inner, block_size=qkv_block_size, bias=bias)
+        self.k_proj = BlockDiagonalLinear(inner, block_size=qkv_block_size, bias=bias)
+        self.v_proj = BlockDiagonalLinear(inner, block_size=qkv_block_size, bias=bias)
+        self.igate = nn.Linear(3 * inner, num_heads)
+        self.fgate = nn.Linear(3 * inner, num_heads)
+        self.outnorm = HeadNorm(inner, bias=norm_bias)
+        self.skip = nn.Parameter(torch.ones(inner))
+        self.proj_down = nn.Linear(inner, dim, bias=bias)
+        self._orders: dict[tuple[int, int, int, str, str], torch.Tensor | None] = {}
+        self.reset_parameters()
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in BACKENDS:
+            raise ValueError(f"unknown mLSTM backend {value!r}; choose from {BACKENDS}")
+        self._backend = value
+
+    def reset_parameters(self) -> None:
+        """The authors' init (D = model width, from ``proj_up``'s input)."""
+        dim = self.proj_up.in_features
+        small = (2 / (5 * dim)) ** 0.5
+        for lin in (self.proj_up, self.q_proj, self.k_proj, self.v_proj):
+            nn.init.normal_(lin.weight, std=small)
+        nn.init.normal_(self.proj_down.weight, std=2 / dim**0.5)
+        for mod in (self.proj_up, self.q_proj, self.k_proj, self.v_proj, self.proj_down):
+            if mod.bias is not None:
+                nn.init.zeros_(mod.bias)
+        # Forget gates open (σ(3..6) ≈ 0.95..0.998) with a spread of memory lengths per head.
+        nn.init.zeros_(self.fgate.weight)
+        with torch.no_grad():
+            self.fgate.bias.copy_(torch.linspace(3.0, 6.0, self.num_heads))
+        nn.init.zeros_(self.igate.weight)
+        nn.init.normal_(self.igate.bias, std=0.1)
+        nn.init.zeros_(self.outnorm.weight)
+        if self.outnorm.bias is not None:
+            nn.init.zeros_(self.outnorm.bias)
+        nn.init.ones_(self.skip)
+
+    # -- scan orders -----------------------------------------------------------------------
+    def _order(self, grid: tuple[int, int], prefix: int, traversal: str) -> torch.Tensor | None:
+        """Indices putting the tokens in scan order (None: already in order)."""
+        key = (grid[0], grid[1], prefix, traversal, self.cls_position)
+        if key not in self._orders:
+            h, w = grid
+            idx = torch.arange(h * w).view(h, w) + prefix
+            if traversal.startswith("col"):
+                idx = idx.t()
+            idx = idx.flatten()
+            at = 0 if self.cls_position == "first" else h * w // 2
+            idx = torch.cat([idx[:at], torch.arange(prefix), idx[at:]])
+            if traversal.endswith("reversed"):
+                idx = idx.flip(0)
+            identity = bool((idx == torch.arange(idx.numel())).all())
+            self._orders[key] = None if identity else idx
+        return self._orders[key]
+
+    def _conv(
+        self, x: torch.Tensor, grid: tuple[int, int], prefix_at: int, prefix: int
+    ) -> torch.Tensor:
+        """Depthwise convolution over ``[B, S, E]`` tokens in scan order."""
+        if self.conv_kind == "causal1d":
+            y = x.transpose(1, 2)
+            y = F.pad(y, (self.conv.kernel_size[0] - 1, 0))
+            return self.conv(y).transpose(1, 2)
+        b, _, e = x.shape
+        pre = x[:, prefix_at : prefix_at + prefix]
+        tokens = torch.cat([x[:, :prefix_at], x[:, prefix_at + prefix :]], 1) if prefix else x
+        y = self.conv(tokens.transpose(1, 2).reshape(b, e, *grid)).flatten(2).transpose(1, 2)
+        if not prefix:
+            return y
+        # A class token is a 1x1 grid of its own: only the kernel's centre tap reaches it.
+        kh, kw = self.conv.kernel_size
+        pre = pre * self.conv.weight[:, 0, kh // 2, kw // 2] + self.conv.bias
+        return torch.cat([y[:, :prefix_at], pre, y[:, prefix_at:]], 1)
+
+    def _scan(
+        self, x_m: torch.Tensor, grid: tuple[int, int], prefix_at: int, prefix: int
+    ) -> torch.Tensor:
+        """``[B, S, E]`` in scan order -> ``norm(h̃) + skip ⊙ x_c``, same order."""
+        b, s, _ = x_m.shape
+        x_c = F.silu(self._conv(x_m, grid, prefix_at, prefix))
+        q, k, v = self.q_proj(x_c), self.k_proj(x_c), self.v_proj(x_m)
+        qkv = torch.cat([q, k, v], -1)
+        ig = self.igate(qkv).transpose(1, 2)  # [B, NH, S]
+        fg = self.fgate(qkv).transpose(1, 2)
+        heads = [t.reshape(b, s, self.num_heads, -1).transpose(1, 2) for t in (q, k, v)]
+        h = mlstm(*heads, ig, fg, backend=self.backend, chunk_size=self.chunk_size)
+        return self.outnorm(h.transpose(1, 2)) + self.skip * x_c
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        n = x.shape[1]
+        prefix = n - grid[0] * grid[1]
+        if prefix < 0:
+            raise ValueError(f"{n} tokens do not hold a {grid[0]}x{grid[1]} grid")
+        x_m, z = self.proj_up(x).chunk(2, dim=-1)
+        out = None
+        for traversal in self.traversals:
+            order = self._order(grid, prefix, traversal)
+            seq = x_m if order is None else x_m[:, order.to(x.device)]
+            scan_grid = grid if traversal.startswith("row") else (grid[1], grid[0])
+            at = 0 if self.cls_position == "first" else grid[0] * grid[1] // 2
+            if traversal.endswith("reversed"):
+                at = n - at - prefix
+            h = self._scan(seq, scan_grid, at, prefix)
+            if order is not None:
+                h = torch.empty_like(h).index_copy_(1, order.to(x.device), h)
+            out = h if out is None else out + h
+        assert out is not None
+        if len(self.traversals) > 1:
+            out = out / len(self.traversals)
+        return self.proj_down(out * F.silu(z))
+
+    def extra_repr(self) -> str:
+        return (
+            f"heads={self.num_heads}, conv={self.conv_kind}, traversals={self.traversals}, "
+            f"backend={self.backend!r}"
+        )
+
+
+def set_mlstm_backend(model: nn.Module, backend: str, *, chunk_size: int | None = None) -> int:
+    """Switch every mLSTM layer in ``model`` to ``backend`` (and ``chunk_size``); returns
+    how many layers were switched."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown mLSTM backend {backend!r}; choose from {BACKENDS}")
+    count = 0
+    for module in model.modules():
+        if isinstance(module, MLSTMMixer):
+            module.backend = backend
+            if chunk_size is not None:
+                module.chunk_size = chunk_size
+            count += 1
+    return count
+
+
+@register_mixer("mlstm")
+def _mlstm(
+    dim: int,
+    *,
+    grid: tuple[int, int],
+    num_prefix_tokens: int,
+    expansion: int = 2,
+    num_heads: int = 4,
+    qkv_block_size: int = 4,
+    conv: str = "causal1d",
+    conv_kernel_size: int | None = None,
+    bias: bool = False,
+    norm_bias: bool = False,
+    traversals: Sequence[str] = ("row",),
+    cls_position: str = "first",
+    backend: str = "auto",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> MLSTMMixer:
+    return MLSTMMixer(
+        dim, expansion=expansion, num_heads=num_heads, qkv_block_size=qkv_block_size,
+        conv=conv, conv_kernel_size=conv_kernel_size, bias=bias, norm_bias=norm_bias,
+        traversals=traversals, cls_position=cls_position, backend=backend,
+        chunk_size=chunk_size,
+    )
