@@ -208,3 +208,35 @@ def interpolate_pos_embed_grid(
         antialias=antialias,
     )
     return out.permute(0, 2, 3, 1)
+
+
+class GroupNorm1(nn.Module):
+    """GroupNorm with a single group on a channels-last tensor ``[B, ..., C] -> [B, ..., C]``.
+
+    Each sample is normalised over *all* its non-batch dimensions together (for a grid,
+    over H, W and C at once), then a per-channel affine is applied. This is
+    ``nn.GroupNorm(1, C)`` moved to channels-last; ShiftViT uses it everywhere, and it is
+    not a LayerNorm (which would normalise each position over C only).
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_channels)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_channels)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.num_channels:
+            raise ValueError(
+                f"GroupNorm1 expects {self.num_channels} channels last, got shape {tuple(x.shape)}"
+            )
+        # F.group_norm wants channels at dim 1; the statistics do not depend on the layout.
+        y = F.group_norm(x.movedim(-1, 1), 1, self.weight, self.bias, self.eps)
+        return y.movedim(1, -1)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, eps={self.eps}, affine={self.weight is not None}"
+
+
+__all__ += ["GroupNorm1"]

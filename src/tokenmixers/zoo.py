@@ -82,6 +82,31 @@ _add("mixer_l16_224", "mixer", Paper(_MIXER, "2105.01601", params=208_196_168, g
 
 
 # ---- ShiftViT (shift) ------------------------------------------------------------------
+_SHIFT = ("When Shift Operation Meets Vision Transformer: An Extremely Simple Alternative to "
+          "Attention Mechanism")
+_SHIFT_TOP1 = "ImageNet-1k, 300 epochs (paper; microsoft/SPACH README)"
+_add("shiftvit_tiny_light", "shiftvit",
+     Paper(_SHIFT, "2201.10801", params=19_608_328, gmacs=3.0, top1=79.4, top1_source=_SHIFT_TOP1),
+     embed_dim=96, depths=(2, 2, 6, 2), mlp_ratio=4.0, drop_path_rate=0.2, n_div=12)
+_add("shiftvit_tiny", "shiftvit",
+     Paper(_SHIFT, "2201.10801", params=28_566_664, gmacs=4.5, top1=81.7, top1_source=_SHIFT_TOP1),
+     embed_dim=96, depths=(6, 8, 18, 6), mlp_ratio=2.0, drop_path_rate=0.2, n_div=12)
+_add("shiftvit_small_light", "shiftvit",
+     Paper(_SHIFT, "2201.10801", params=33_796_360, gmacs=5.7, top1=81.6, top1_source=_SHIFT_TOP1),
+     embed_dim=96, depths=(2, 2, 18, 2), mlp_ratio=4.0, drop_path_rate=0.4, n_div=12)
+_add("shiftvit_small", "shiftvit",
+     Paper(_SHIFT, "2201.10801", params=50_304_136, gmacs=8.8, top1=82.8, top1_source=_SHIFT_TOP1),
+     embed_dim=96, depths=(10, 18, 36, 10), mlp_ratio=2.0, drop_path_rate=0.4, n_div=12)
+_add("shiftvit_base_light", "shiftvit", Paper(_SHIFT, "2201.10801", params=59_708_776),
+     embed_dim=128, depths=(2, 2, 18, 2), mlp_ratio=4.0, drop_path_rate=0.5, n_div=16)
+_add("shiftvit_base", "shiftvit", Paper(_SHIFT, "2201.10801", params=89_026_408),
+     embed_dim=128, depths=(10, 18, 36, 10), mlp_ratio=2.0, drop_path_rate=0.6, n_div=16)
+_add("shiftvit_tiny_r4", "shiftvit", Paper(_SHIFT, "2201.10801", params=31_426_312),
+     embed_dim=96, depths=(2, 2, 12, 3), mlp_ratio=4.0, drop_path_rate=0.2, n_div=12)
+_add("shiftvit_small_r4", "shiftvit", Paper(_SHIFT, "2201.10801", params=51_523_336),
+     embed_dim=96, depths=(2, 6, 24, 4), mlp_ratio=4.0, drop_path_rate=0.4, n_div=12)
+_add("shiftvit_base_r4", "shiftvit", Paper(_SHIFT, "2201.10801", params=87_271_528),
+     embed_dim=128, depths=(4, 6, 22, 4), mlp_ratio=4.0, drop_path_rate=0.5, n_div=16)
 
 # ---- Sequencer2D (BiLSTM2D) ------------------------------------------------------------
 

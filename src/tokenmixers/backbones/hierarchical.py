@@ -93,6 +93,7 @@ class HierarchicalBackbone(Backbone):
         mixer_residual: bool = True,
         global_pool: str = "avg",
         drop_rate: float = 0.0,
+        stem_drop_rate: float = 0.0,
         proj_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
     ) -> None:
@@ -115,6 +116,7 @@ class HierarchicalBackbone(Backbone):
             patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dims[0],
             norm_layer=norm_layer if stem_norm else None,
         )
+        self.stem_drop = nn.Dropout(stem_drop_rate)
         self.strides = [patch_size]
         for k in downsample_sizes:
             self.strides.append(self.strides[-1] * k)
@@ -156,12 +158,17 @@ class HierarchicalBackbone(Backbone):
 
     def _check_input_size(self, hw: Sequence[int]) -> None:
         total = self.strides[-1]
-        if any(s % total for s in hw):
+        bad = [(axis, s) for axis, s in zip(("height", "width"), hw) if s < total or s % total]
+        if bad:
             name = self.model_name or type(self).__name__
+            fixes = "; ".join(
+                f"{axis} {s} -> {s // total * total} or {(s // total + 1) * total}"
+                if s >= total else f"{axis} {s} -> at least {total}"
+                for axis, s in bad
+            )
             raise ValueError(
                 f"{name} downsamples by {total} in all: input height and width must be "
-                f"multiples of {total}, got {hw[0]}x{hw[1]} (nearest square sizes: "
-                f"{max(total, hw[0] // total * total)} or {(hw[0] // total + 1) * total})"
+                f"multiples of {total}, got {hw[0]}x{hw[1]} (nearest sizes that work: {fixes})"
             )
 
     def _stage_forward(self, stage: Stage, x: torch.Tensor) -> torch.Tensor:
@@ -176,7 +183,7 @@ class HierarchicalBackbone(Backbone):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_size(x.shape[-2:])
-        x = self.patch_embed(x)
+        x = self.stem_drop(self.patch_embed(x))
         for stage in self.stages:
             x = self._stage_forward(stage, x)
         return self._final_norm(x)
@@ -198,7 +205,7 @@ class HierarchicalBackbone(Backbone):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         take = _take_indices(len(self.stages), indices)
         self._check_input_size(x.shape[-2:])
-        x = self.patch_embed(x)
+        x = self.stem_drop(self.patch_embed(x))
         stages = self.stages[: max(take) + 1] if stop_early else self.stages
         out = []
         for i, stage in enumerate(stages):

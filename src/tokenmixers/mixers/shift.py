@@ -1,0 +1,69 @@
+"""ShiftViT's partial shift ("When Shift Operation Meets Vision Transformer", arXiv 2201.10801).
+
+No parameters and no arithmetic: a few channel groups move by one pixel on the grid, the
+rest stay. With ``g = C // n_div`` channels per group (floor division), on the grid seen
+as ``[B, H, W, C]``:
+
+    channels [0, g)    move one pixel left    out[:, :, :-1] = x[:, :, 1:]
+    channels [g, 2g)   move one pixel right   out[:, :, 1:]  = x[:, :, :-1]
+    channels [2g, 3g)  move one pixel up      out[:, :-1, :] = x[:, 1:, :]
+    channels [3g, 4g)  move one pixel down    out[:, 1:, :]  = x[:, :-1, :]
+    channels [4g, C)   unchanged
+
+Positions a shift vacates are zero. ShiftViT uses ``n_div = 12`` (Tiny, Small) and 16 (Base).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tokenmixers.mixers import register_mixer
+
+
+def shift_grid(x: torch.Tensor, n_div: int) -> torch.Tensor:
+    """The partial shift of a channels-last grid: ``[B, H, W, C] -> [B, H, W, C]``."""
+    g = x.shape[-1] // n_div
+    out = torch.empty_like(x)
+    # Zero only the one row/column each shifted group vacates; everything else is written.
+    out[:, :, -1, 0:g] = 0
+    out[:, :, :-1, 0:g] = x[:, :, 1:, 0:g]
+    out[:, :, 0, g : 2 * g] = 0
+    out[:, :, 1:, g : 2 * g] = x[:, :, :-1, g : 2 * g]
+    out[:, -1, :, 2 * g : 3 * g] = 0
+    out[:, :-1, :, 2 * g : 3 * g] = x[:, 1:, :, 2 * g : 3 * g]
+    out[:, 0, :, 3 * g : 4 * g] = 0
+    out[:, 1:, :, 3 * g : 4 * g] = x[:, :-1, :, 3 * g : 4 * g]
+    out[..., 4 * g :] = x[..., 4 * g :]
+    return out
+
+
+class ShiftMixer(nn.Module):
+    """``[B, N, C] -> [B, N, C]``: the partial shift on the last ``h*w`` tokens seen as the
+    ``grid``; prefix tokens (if any) pass through unchanged. Works at any grid size."""
+
+    def __init__(self, dim: int, *, n_div: int = 12) -> None:
+        super().__init__()
+        if n_div < 1:
+            raise ValueError(f"n_div must be a positive integer, got {n_div}")
+        self.dim = dim
+        self.n_div = n_div
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        b, n, c = x.shape
+        h, w = grid
+        prefix = n - h * w
+        if prefix < 0:
+            raise ValueError(f"{n} tokens cannot hold a {h}x{w} grid")
+        out = shift_grid(x[:, prefix:].reshape(b, h, w, c), self.n_div).reshape(b, h * w, c)
+        return torch.cat([x[:, :prefix], out], dim=1) if prefix else out
+
+    def extra_repr(self) -> str:
+        return f"n_div={self.n_div}, group={self.dim // self.n_div}"
+
+
+@register_mixer("shift")
+def _shift(
+    dim: int, *, grid: tuple[int, int], num_prefix_tokens: int, n_div: int = 12
+) -> ShiftMixer:
+    return ShiftMixer(dim, n_div=n_div)
