@@ -109,6 +109,38 @@ _add("shiftvit_base_r4", "shiftvit", Paper(_SHIFT, "2201.10801", params=87_271_5
      embed_dim=128, depths=(4, 6, 22, 4), mlp_ratio=4.0, drop_path_rate=0.5, n_div=16)
 
 # ---- Sequencer2D (BiLSTM2D) ------------------------------------------------------------
+_SEQ = "Sequencer: Deep LSTM for Image Classification"
+_SEQ_TOP1 = "ImageNet-1k, 300 epochs (paper)"
+_SEQ_S = {"layers": (4, 3, 8, 3), "patch_sizes": (7, 2, 1, 1),
+          "embed_dims": (192, 384, 384, 384), "hidden_sizes": (48, 96, 96, 96),
+          "mlp_ratios": (3.0, 3.0, 3.0, 3.0)}
+_add("sequencer2d_s", "sequencer2d",
+     Paper(_SEQ, "2205.01972", params=27_651_688, gmacs=8.4, top1=82.3, top1_source=_SEQ_TOP1),
+     **_SEQ_S)
+_add("sequencer2d_m", "sequencer2d",
+     Paper(_SEQ, "2205.01972", params=38_307_688, gmacs=11.1, top1=82.8, top1_source=_SEQ_TOP1),
+     **{**_SEQ_S, "layers": (4, 3, 14, 3)})
+_add("sequencer2d_l", "sequencer2d",
+     Paper(_SEQ, "2205.01972", params=54_298_216, gmacs=16.6, top1=83.4, top1_source=_SEQ_TOP1),
+     **{**_SEQ_S, "layers": (8, 8, 16, 4)})
+# The paper's ablations of Sequencer2D-S.
+_add("sequencer2d_s_unidirectional", "sequencer2d", Paper(_SEQ, "2205.01972", params=20_991_592),
+     **_SEQ_S, bidirectional=False)
+_add("sequencer2d_s_add", "sequencer2d", Paper(_SEQ, "2205.01972", params=26_545_768),
+     **_SEQ_S, union="add")
+_add("sequencer2d_s_h2x", "sequencer2d", Paper(_SEQ, "2205.01972", params=45_395_560),
+     **{**_SEQ_S, "hidden_sizes": (96, 192, 192, 192)})
+_add("sequencer2d_s_without_fc", "sequencer2d", Paper(_SEQ, "2205.01972", params=25_433_704),
+     **_SEQ_S, with_fc=False)
+# One direction only: twice the hidden size, so the (bidirectional) output is C wide, no fc.
+_add("sequencer2d_s_vertical", "sequencer2d", Paper(_SEQ, "2205.01972", params=27_645_544),
+     **{**_SEQ_S, "hidden_sizes": (96, 192, 192, 192)}, union="vertical", with_fc=False)
+_add("sequencer2d_s_horizontal", "sequencer2d", Paper(_SEQ, "2205.01972", params=27_645_544),
+     **{**_SEQ_S, "hidden_sizes": (96, 192, 192, 192)}, union="horizontal", with_fc=False)
+_add("gru_sequencer2d_s", "sequencer2d", Paper(_SEQ, "2205.01972", params=24_874_600),
+     **_SEQ_S, rnn_type="gru")
+_add("rnn_sequencer2d_s", "sequencer2d", Paper(_SEQ, "2205.01972", params=19_320_424),
+     **_SEQ_S, rnn_type="rnn")
 
 # ---- Vision-LSTM (mLSTM) ---------------------------------------------------------------
 _VIL = "Vision-LSTM: xLSTM as Generic Vision Backbone"

@@ -1,0 +1,141 @@
+"""Sequencer's BiLSTM2D ("Sequencer: Deep LSTM for Image Classification", arXiv 2205.01972).
+
+On the grid seen as ``[B, H, W, C]``, with ``D = hidden_size`` per direction:
+
+    v = BiLSTM_v(each column, a sequence of length H)      [B, H, W, 2D]
+    h = BiLSTM_h(each row, a sequence of length W)         [B, H, W, 2D]
+    y = fc(cat(v, h))                                      union="cat":  Linear(4D -> C)
+    y = fc(v + h)                                          union="add":  Linear(2D -> C)
+    y = fc(v) or fc(h)                                     union="vertical" / "horizontal"
+
+``bidirectional=False`` halves every 2D above to D; ``with_fc=False`` drops ``fc``, which
+needs the union's width to equal C already. ``rnn_type`` swaps the LSTM cells for GRU or
+tanh RNN cells (the paper's ablations). The grid is read from the input, so any size runs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tokenmixers.mixers import register_mixer
+
+RNN_TYPES: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+UNIONS = ("cat", "add", "vertical", "horizontal")
+
+
+class BiLSTM2DMixer(nn.Module):
+    """``[B, N, C] -> [B, N, C]``: the vertical and horizontal (Bi)LSTMs over the grid formed
+    by the last ``h*w`` tokens, fused by ``fc``. Prefix tokens pass through unchanged."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        hidden_size: int,
+        bidirectional: bool = True,
+        union: str = "cat",
+        with_fc: bool = True,
+        rnn_type: str = "lstm",
+        num_layers: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if union not in UNIONS:
+            raise ValueError(f"unknown union {union!r}; choose from {UNIONS}")
+        if rnn_type not in RNN_TYPES:
+            raise ValueError(f"unknown rnn_type {rnn_type!r}; choose from {sorted(RNN_TYPES)}")
+        self.dim = dim
+        self.hidden_size = hidden_size
+        self.union = union
+        self.rnn_type = rnn_type
+        self.with_vertical = union != "horizontal"
+        self.with_horizontal = union != "vertical"
+        direction_width = hidden_size * (2 if bidirectional else 1)
+        union_width = 2 * direction_width if union == "cat" else direction_width
+
+        rnn_cls = RNN_TYPES[rnn_type]
+
+        def make_rnn() -> nn.RNNBase:
+            return rnn_cls(
+                dim, hidden_size, num_layers, bias=bias, batch_first=True,
+                bidirectional=bidirectional,
+            )
+
+        self.rnn_v = make_rnn() if self.with_vertical else None
+        self.rnn_h = make_rnn() if self.with_horizontal else None
+        if with_fc:
+            self.fc = nn.Linear(union_width, dim)
+        elif union_width != dim:
+            raise ValueError(
+                f"with_fc=False needs the {union!r} union to be {dim} wide (the block width), but "
+                f"it is {union_width} (hidden_size={hidden_size}, bidirectional={bidirectional}); "
+                "use with_fc=True or a hidden_size that makes the widths equal"
+            )
+        else:
+            self.fc = None
+
+    def mix_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, H, W, C] -> [B, H, W, C]``."""
+        b, h, w, c = x.shape
+        v = hz = None
+        if self.rnn_v is not None:
+            cols = x.transpose(1, 2).reshape(b * w, h, c)
+            v = self.rnn_v(cols)[0].reshape(b, w, h, -1).transpose(1, 2)
+        if self.rnn_h is not None:
+            rows = x.reshape(b * h, w, c)
+            hz = self.rnn_h(rows)[0].reshape(b, h, w, -1)
+        if v is not None and hz is not None:
+            y = torch.cat([v, hz], dim=-1) if self.union == "cat" else v + hz
+        else:
+            y = v if v is not None else hz
+        return self.fc(y) if self.fc is not None else y
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        b, n, c = x.shape
+        h, w = grid
+        prefix = n - h * w
+        if prefix < 0:
+            raise ValueError(f"{n} tokens cannot hold a {h}x{w} grid")
+        out = self.mix_grid(x[:, prefix:].reshape(b, h, w, c)).reshape(b, h * w, c)
+        return torch.cat([x[:, :prefix], out], dim=1) if prefix else out
+
+    def macs(self, grid: tuple[int, int], num_prefix_tokens: int = 0) -> int:
+        """Multiply-accumulates per image: every RNN visits each grid cell once per
+        direction and layer (gates x (input + hidden) x hidden), plus the fusion Linear."""
+        pixels = grid[0] * grid[1]
+        total = 0
+        for rnn in (self.rnn_v, self.rnn_h):
+            if rnn is None:
+                continue
+            gates = {"lstm": 4, "gru": 3, "rnn": 1}[self.rnn_type]
+            directions = 2 if rnn.bidirectional else 1
+            d = rnn.hidden_size
+            for layer in range(rnn.num_layers):
+                width_in = rnn.input_size if layer == 0 else directions * d
+                total += directions * pixels * gates * (width_in + d) * d
+        if self.fc is not None:
+            total += pixels * self.fc.in_features * self.fc.out_features
+        return total
+
+    def extra_repr(self) -> str:
+        return f"union={self.union!r}, rnn_type={self.rnn_type!r}"
+
+
+@register_mixer("lstm2d")
+def _lstm2d(
+    dim: int,
+    *,
+    grid: tuple[int, int],
+    num_prefix_tokens: int,
+    hidden_size: int,
+    bidirectional: bool = True,
+    union: str = "cat",
+    with_fc: bool = True,
+    rnn_type: str = "lstm",
+    num_layers: int = 1,
+) -> BiLSTM2DMixer:
+    return BiLSTM2DMixer(
+        dim, hidden_size=hidden_size, bidirectional=bidirectional, union=union,
+        with_fc=with_fc, rnn_type=rnn_type, num_layers=num_layers,
+    )
