@@ -58,6 +58,10 @@ class ShiftMixer(nn.Module):
         out = shift_grid(x[:, prefix:].reshape(b, h, w, c), self.n_div).reshape(b, h * w, c)
         return torch.cat([x[:, :prefix], out], dim=1) if prefix else out
 
+    def macs(self, grid: tuple[int, int], num_prefix_tokens: int = 0) -> int:
+        """Multiply-accumulates per image: none, the shift only moves memory."""
+        return 0
+
     def extra_repr(self) -> str:
         return f"n_div={self.n_div}, group={self.dim // self.n_div}"
 
