@@ -10,6 +10,11 @@ Each mixer registers a factory under a short name with :func:`register_mixer`. E
 factory is called as ``factory(dim, grid=..., num_prefix_tokens=..., **mixer_kwargs)``
 so that any mixer fits any skeleton; factories take only the keywords they use, so a
 misspelt option raises instead of vanishing.
+
+Every mixer also states its cost in closed form, ``mixer.macs(grid, num_prefix_tokens)``:
+the multiply-accumulates of one forward pass for one image. ``tokenmixers.flops`` uses it
+instead of what PyTorch's operator-level counter sees, which misses attention kernels,
+LSTMs and scans.
 """
 
 from __future__ import annotations

@@ -45,6 +45,12 @@ class AttentionMixer(nn.Module):
         x = x.transpose(1, 2).reshape(b, n, c)
         return self.proj_drop(self.proj(x))
 
+    def macs(self, grid: tuple[int, int], num_prefix_tokens: int = 0) -> int:
+        """Multiply-accumulates per image: qkv, QKᵀ, AV and the output projection."""
+        n = num_prefix_tokens + grid[0] * grid[1]
+        c = self.num_heads * self.head_dim
+        return n * c * 3 * c + 2 * n * n * c + n * c * c
+
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}"
 

@@ -31,6 +31,7 @@ class TokenMLPMixer(nn.Module):
         drop: float = 0.0,
     ) -> None:
         super().__init__()
+        self.channels = dim
         self.fixed_grid = (int(grid[0]), int(grid[1]))
         self.num_tokens = num_prefix_tokens + self.fixed_grid[0] * self.fixed_grid[1]
         self.mlp = Mlp(self.num_tokens, hidden_dim, drop=drop)
@@ -44,6 +45,11 @@ class TokenMLPMixer(nn.Module):
                 "the token count. Build a model for the new size (img_size=...)."
             )
         return self.mlp(x.transpose(1, 2)).transpose(1, 2)
+
+    def macs(self, grid: tuple[int, int], num_prefix_tokens: int = 0) -> int:
+        """Multiply-accumulates per image: two token-axis linears for each channel."""
+        channels = self.channels
+        return 2 * channels * self.num_tokens * self.mlp.fc1.out_features
 
     def extra_repr(self) -> str:
         return f"fixed_grid={self.fixed_grid}"

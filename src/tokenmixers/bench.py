@@ -1,0 +1,351 @@
+"""``tokenmixers bench``: parameters, MACs, throughput, peak memory and achieved
+GFLOP/s as a fraction of the machine's matrix-multiply peak, per model and resolution.
+
+Every measurement runs in a fresh subprocess, so the peak memory of one model is not
+hidden under another's and one slow compile does not warm the next. Memory on CPU is the
+rise of the process's peak resident set (``VmHWM``, reset through
+``/proc/self/clear_refs`` just before the timed work) over its size right before it:
+activations, workspaces and, in training, gradients and optimizer state — not the
+weights, which are counted in ``params``. On CUDA it is ``torch.cuda.max_memory_allocated``
+over the allocation before the timed work.
+
+The matrix-multiply peak is measured in the same run, with the same thread count and
+dtype: the best of several ``n x n @ n x n`` products (n = 2048 on CPU, 8192 on CUDA).
+MFU = (MACs x 2 x images/s, x 3 for a training step) / that peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+__all__ = ["bench", "matmul_peak_gflops", "measure"]
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def matmul_peak_gflops(device: str = "cpu", dtype: str | None = None, repeats: int = 5) -> float:
+    """The best achieved GFLOP/s of a square matrix product on ``device`` in ``dtype``."""
+    dev = torch.device(device)
+    n = 8192 if dev.type == "cuda" else 2048
+    dt = AMP_DTYPES.get(dtype or "", torch.float32)
+    a = torch.randn(n, n, device=dev).to(dt)
+    b = torch.randn(n, n, device=dev).to(dt)
+    times = _timed(lambda: a @ b, dev, warmup=2, repeats=repeats)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure(
+    model_name: str,
+    *,
+    img_size: int,
+    batch_size: int = 8,
+    mode: str = "infer",
+    amp: str | None = None,
+    compile: bool = False,
+    threads: int | None = None,
+    device: str = "cpu",
+    warmup: int = 2,
+    repeats: int = 5,
+    model_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Measure one (model, resolution, mode) in this process; returns a flat record."""
+    from tokenmixers import create_model
+    from tokenmixers.flops import count_macs
+
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    model = create_model(model_name, **(model_kwargs or {})).to(dev)
+    params = sum(p.numel() for p in model.parameters())
+    macs = count_macs(model, img_size)
+    c = model.pretrained_cfg["input_size"][0]
+    x = torch.randn(batch_size, c, img_size, img_size, device=dev)
+    autocast = (
+        torch.autocast(device_type=dev.type, dtype=AMP_DTYPES[amp]) if amp else nullcontext()
+    )
+    run_model = torch.compile(model) if compile else model
+    if mode == "infer":
+        model.eval()
+
+        def step() -> None:
+            with torch.inference_mode(), autocast:
+                run_model(x)
+    elif mode == "train":
+        model.train()
+        target = torch.randint(0, max(model.num_classes, 1), (batch_size,), device=dev)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        scaler = torch.amp.GradScaler(dev.type, enabled=amp == "fp16")
+
+        def step() -> None:
+            with autocast:
+                loss = torch.nn.functional.cross_entropy(run_model(x), target)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+    else:
+        raise ValueError(f"mode must be 'infer' or 'train', got {mode!r}")
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+    else:
+        base = _rss_bytes()
+        _reset_peak_rss()
+    times = _timed(step, dev, warmup=warmup, repeats=repeats)
+    peak = (
+        torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _peak_rss_bytes()
+    ) - base
+    rates = [batch_size / t for t in times]
+    return {
+        "model": model_name,
+        "img_size": img_size,
+        "mode": mode,
+        "params": params,
+        "macs": macs.total,
+        "mixer_macs": macs.mixer,
+        "flops": macs.flops,
+        "img_s": statistics.median(rates),
+        "img_s_min": min(rates),
+        "img_s_max": max(rates),
+        "peak_mem_mb": max(peak, 0) / 2**20,
+        "batch_size": batch_size,
+        "threads": torch.get_num_threads(),
+        "device": dev.type,
+        "amp": amp or "",
+        "compile": compile,
+    }
+
+
+def _measure_in_subprocess(**kwargs: Any) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "tokenmixers.bench", json.dumps(kwargs)],
+        capture_output=True, text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"benchmark of {kwargs['model_name']} at {kwargs['img_size']} ({kwargs['mode']}) "
+            f"failed:\n{done.stderr.strip()[-2000:]}"
+        )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _peak_in_subprocess(device: str, amp: str | None, threads: int | None) -> float:
+    code = (
+        "import json, torch, sys; from tokenmixers.bench import matmul_peak_gflops; "
+        f"torch.set_num_threads({threads}) if {bool(threads)} else None; "
+        f"print(matmul_peak_gflops({device!r}, {amp!r}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def bench(
+    models: Sequence[str],
+    img_sizes: Sequence[int],
+    *,
+    batch_size: int = 8,
+    modes: Sequence[str] = ("infer", "train"),
+    amp: str | None = None,
+    compile: bool = False,
+    threads: int | None = None,
+    device: str | None = None,
+    warmup: int = 2,
+    repeats: int = 5,
+    model_kwargs: dict[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """One record per (model, resolution), with inference and training measured in
+    separate fresh processes."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    peak = _peak_in_subprocess(device, amp, threads)
+    records = []
+    for name in models:
+        for size in img_sizes:
+            rec: dict[str, Any] = {"model": name, "img_size": size}
+            for mode in modes:
+                if progress:
+                    progress(f"{name} @ {size} ({mode})")
+                try:
+                    r = _measure_in_subprocess(
+                        model_name=name, img_size=size, batch_size=batch_size, mode=mode, amp=amp,
+                        compile=compile, threads=threads, device=device, warmup=warmup,
+                        repeats=repeats, model_kwargs=model_kwargs,
+                    )
+                except RuntimeError as err:
+                    rec.setdefault("errors", []).append(str(err).splitlines()[-1])
+                    continue
+                for key in ("params", "macs", "mixer_macs", "flops", "batch_size", "threads",
+                            "device", "amp", "compile"):
+                    rec[key] = r[key]
+                prefix = "infer" if mode == "infer" else "train"
+                rec[f"{prefix}_img_s"] = r["img_s"]
+                rec[f"{prefix}_img_s_min"] = r["img_s_min"]
+                rec[f"{prefix}_img_s_max"] = r["img_s_max"]
+                rec["peak_mem_mb" if mode == "infer" else "train_peak_mem_mb"] = r["peak_mem_mb"]
+                # a training step is about 3x the forward pass (forward + 2x in backward)
+                work = r["flops"] * (1 if mode == "infer" else 3)
+                rec["mfu" if mode == "infer" else "train_mfu"] = work * r["img_s"] / (peak * 1e9)
+            rec["matmul_peak_gflops"] = peak
+            rec["torch"] = torch.__version__
+            records.append(rec)
+    return records
+
+
+def format_table(records: Sequence[dict[str, Any]]) -> str:
+    from tokenmixers.cli import _table
+
+    def rate(r: dict[str, Any], p: str) -> str:
+        if f"{p}_img_s" not in r:
+            return "-"
+        return f"{r[f'{p}_img_s']:.1f} ({r[f'{p}_img_s_min']:.1f}-{r[f'{p}_img_s_max']:.1f})"
+
+    def num(r: dict[str, Any], key: str, fmt: str) -> str:
+        return format(r[key], fmt) if key in r else "-"
+
+    rows = [
+        [r["model"], str(r["img_size"]),
+         f"{r['params'] / 1e6:.2f}M" if "params" in r else "-",
+         f"{r['macs'] / 1e9:.2f}" if "macs" in r else "-",
+         rate(r, "infer"), rate(r, "train"),
+         num(r, "peak_mem_mb", ".0f"), num(r, "train_peak_mem_mb", ".0f"),
+         f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-",
+         f"{100 * r['train_mfu']:.1f}%" if "train_mfu" in r else "-"]
+        for r in records
+    ]
+    header = ["model", "img", "params", "GMACs", "infer img/s (min-max)",
+              "train img/s (min-max)", "infer MB", "train MB", "MFU", "train MFU"]
+    return _table(rows, header, "lrrrrrrrrr")
+
+
+def _parse_list(text: str, cast: Callable[[str], Any] = str) -> list[Any]:
+    return [cast(t) for t in text.split(",") if t.strip()]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="parameters, MACs, throughput, peak memory and MFU per model and resolution",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    p.add_argument("--model", required=True, help="NAME[,NAME...] from `tokenmixers list`")
+    p.add_argument("--img-size", default="224", help="comma-separated sizes, e.g. 224,448")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--mode", choices=("infer", "train", "both"), default="both")
+    p.add_argument("--amp", choices=sorted(AMP_DTYPES), default=None)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5, help="timed runs (median reported)")
+    p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="create_model overrides, e.g. backend=chunkwise")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write records as JSON")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _parse_kwargs(items: Sequence[str]) -> dict[str, Any]:
+    import ast
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--model-kwargs takes KEY=VALUE pairs, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from tokenmixers.zoo import get_spec
+
+    models = _parse_list(args.model)
+    for name in models:
+        get_spec(name)  # unknown names fail now, with suggestions
+    if args.repeats < 1:
+        raise ValueError("--repeats must be at least 1")
+    modes = ("infer", "train") if args.mode == "both" else (args.mode,)
+    records = bench(
+        models, _parse_list(args.img_size, int), batch_size=args.batch_size, modes=modes,
+        amp=args.amp, compile=args.compile, threads=args.threads, device=args.device,
+        warmup=args.warmup, repeats=args.repeats, model_kwargs=_parse_kwargs(args.model_kwargs),
+        progress=lambda s: print(f"  measuring {s}", file=sys.stderr, flush=True),
+    )
+    print(format_table(records))
+    if records:
+        r = records[0]
+        print(f"\nmatmul peak: {r['matmul_peak_gflops']:.0f} GFLOP/s ({r['device']}, "
+              f"{r['threads']} threads, {args.amp or 'fp32'}); batch {args.batch_size}; "
+              f"median of {args.repeats} runs after {args.warmup} warm-up; torch {r['torch']}")
+    for r in records:
+        for err in r.get("errors", []):
+            print(f"  {r['model']} @ {r['img_size']}: {err}", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":  # the per-measurement worker: one JSON argument, one JSON line out
+    print(json.dumps(measure(**json.loads(sys.argv[1]))))
