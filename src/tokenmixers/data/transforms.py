@@ -1,0 +1,58 @@
+"""Train and eval transforms through timm's ``create_transform``, and a dataset wrapper
+that applies one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from timm.data import create_transform
+from torch.utils.data import Dataset
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """What the train transform does (timm's names in brackets)."""
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    color_jitter: float | None = 0.4
+    auto_augment: str | None = None  # e.g. "rand-m9-mstd0.5-inc1" (RandAugment)
+    reprob: float = 0.0  # random erasing (re_prob)
+    no_aug: bool = False
+
+
+def train_transform(img_size: int, in_chans: int, mean: Sequence[float], std: Sequence[float],
+                    aug: AugmentConfig, interpolation: str = "bicubic") -> Callable[[Any], Any]:
+    return create_transform(
+        (in_chans, img_size, img_size), is_training=True, no_aug=aug.no_aug,
+        scale=tuple(aug.scale), ratio=tuple(aug.ratio), hflip=aug.hflip,
+        color_jitter=aug.color_jitter or None, auto_augment=aug.auto_augment or None,
+        re_prob=aug.reprob, interpolation=interpolation, mean=tuple(mean), std=tuple(std),
+    )
+
+
+def eval_transform(img_size: int, in_chans: int, mean: Sequence[float], std: Sequence[float],
+                   crop_pct: float = 1.0, interpolation: str = "bicubic") -> Callable[[Any], Any]:
+    return create_transform(
+        (in_chans, img_size, img_size), is_training=False, crop_pct=crop_pct,
+        interpolation=interpolation, mean=tuple(mean), std=tuple(std),
+    )
+
+
+class Transformed(Dataset):
+    """``dataset`` (PIL image, label) items with ``transform`` applied to the image."""
+
+    def __init__(self, dataset: Dataset, transform: Callable[[Any], torch.Tensor]) -> None:
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        img, target = self.dataset[index]
+        return self.transform(img), int(target)
