@@ -1,0 +1,123 @@
+"""The mLSTM cell: its parallel, chunkwise and recurrent forms agree in values and gradients,
+and the parallel form is the stabilised formula of the issue (checked against the
+unstabilised recurrence written out from the equations)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from tokenmixers.mixers.mlstm import (
+    mlstm,
+    mlstm_chunkwise,
+    mlstm_kernels,
+    mlstm_parallel,
+    mlstm_recurrent,
+)
+
+Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def random_inputs(
+    s: int, *, d: int = 16, dtype: torch.dtype = torch.float64, signed: bool = True
+) -> Inputs:
+    """q, k, v [2, 3, s, d] and extreme gates: ĩ ~ N(0, 3²), f̃ ~ U(-3, 6)."""
+    q, k, v = (torch.randn(2, 3, s, d, dtype=dtype) for _ in range(3))
+    if not signed:
+        q, k = q.abs(), k.abs()
+    igate = torch.randn(2, 3, s, dtype=dtype) * 3
+    fgate = torch.rand(2, 3, s, dtype=dtype) * 9 - 3
+    return q, k, v, igate, fgate
+
+
+FORMS = {
+    "recurrent": mlstm_recurrent,
+    "chunkwise_16": lambda *a: mlstm_chunkwise(*a, chunk_size=16),
+    "chunkwise_7": lambda *a: mlstm_chunkwise(*a, chunk_size=7),
+    "chunkwise_64": lambda *a: mlstm_chunkwise(*a, chunk_size=64),  # one chunk
+}
+
+
+def test_parallel_is_the_unstabilised_recurrence() -> None:
+    # C_t = σ(f̃) C + exp(ĩ) v kᵀ/√d, n_t likewise, h = C q / max(|nᵀq|, 1): with moderate
+    # gates nothing overflows, and the stabilised form gives the same h up to its 1e-6.
+    q, k, v, ig, fg = random_inputs(20, d=8)
+    ig = ig / 3
+    d = q.shape[-1]
+    c = torch.zeros(2, 3, d, d, dtype=q.dtype)
+    n = torch.zeros(2, 3, d, dtype=q.dtype)
+    out = []
+    for t in range(q.shape[2]):
+        f, i = torch.sigmoid(fg[..., t, None]), torch.exp(ig[..., t, None])
+        kt = k[:, :, t] / d**0.5
+        c = f[..., None] * c + i[..., None] * v[:, :, t, :, None] * kt[..., None, :]
+        n = f * n + i * kt
+        qt = q[:, :, t]
+        den = (n * qt).sum(-1, keepdim=True).abs().clamp_min(1.0)
+        out.append((c @ qt[..., None]).squeeze(-1) / den)
+    expected = torch.stack(out, dim=2)
+    torch.testing.assert_close(mlstm_parallel(q, k, v, ig, fg), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("s", [1, 23, 45])
+def test_forms_agree_float64_values_and_gradients(s: int) -> None:
+    # Sequence lengths that are not multiples of the chunk sizes; extreme gates.
+    inputs = random_inputs(s)
+    upstream = torch.randn(2, 3, s, inputs[0].shape[-1], dtype=torch.float64)
+
+    def run(form):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        out = form(*leaves)
+        (out * upstream).sum().backward()
+        return out.detach(), [leaf.grad for leaf in leaves]
+
+    ref_out, ref_grads = run(mlstm_parallel)
+    for name, form in FORMS.items():
+        out, grads = run(form)
+        scale = ref_out.abs().max()
+        assert (out - ref_out).abs().max() <= 1e-9 * scale, name
+        for which, g, ref in zip(("q", "k", "v", "igate", "fgate"), grads, ref_grads):
+            # (With s = 1 the forget gate has no effect: both gradients are exactly 0.)
+            diff, size = (g - ref).abs().max().item(), ref.abs().max().item()
+            assert diff <= 1e-8 * size, f"{name}: d{which} differs by {diff:.2e} of {size:.2e}"
+
+
+@pytest.mark.parametrize("s", [23, 45, 130])
+def test_forms_agree_float32(s: int) -> None:
+    # Non-negative q, k keep Σ_s C̃_ts free of cancellation, so |h̃| stays O(|v|) and float32
+    # can resolve 1e-5. With signed q, k the normaliser can nearly cancel, |h̃| reaches
+    # ~100 and even the parallel form alone is ~1e-3 away from the exact (float64) value:
+    # that regime is pinned in float64 above.
+    inputs = random_inputs(s, dtype=torch.float32, signed=False)
+    ref = mlstm_parallel(*inputs)
+    for name, form in FORMS.items():
+        diff = (form(*inputs) - ref).abs().max().item()
+        assert diff <= 1e-5, f"{name}: {diff:.2e}"
+
+
+def test_chunkwise_is_unaffected_by_what_follows() -> None:
+    # Causality, and with it the internal padding: a prefix's outputs do not change when
+    # the sequence goes on.
+    q, k, v, ig, fg = random_inputs(40)
+    full = mlstm_chunkwise(q, k, v, ig, fg, chunk_size=8)
+    part = mlstm_chunkwise(q[:, :, :29], k[:, :, :29], v[:, :, :29], ig[..., :29], fg[..., :29],
+                           chunk_size=8)
+    torch.testing.assert_close(full[:, :, :29], part, rtol=1e-12, atol=1e-12)
+
+
+def test_dispatch_and_auto_rule() -> None:
+    inputs = random_inputs(70)
+    short = tuple(t[:, :, :30] for t in inputs)
+    torch.testing.assert_close(mlstm(*inputs, backend="auto"), mlstm_chunkwise(*inputs))
+    torch.testing.assert_close(mlstm(*short, backend="auto"), mlstm_parallel(*short))
+    with pytest.raises(ValueError, match="unknown mLSTM backend"):
+        mlstm(*inputs, backend="quadratic")
+
+
+def test_kernels_backend_without_the_package_says_how_to_get_it() -> None:
+    if importlib.util.find_spec("mlstm_kernels") is not None:
+        pytest.skip("mlstm-kernels is installed")
+    with pytest.raises(ImportError, match="mlstm-kernels"):
+        mlstm_kernels(*random_inputs(8, dtype=torch.float32))
