@@ -35,6 +35,15 @@ def _per_stage(value: Any, num_stages: int, name: str) -> list[Any]:
     return [value] * num_stages
 
 
+def _block_kwargs(stage_kwargs: dict[str, Any] | Sequence[dict[str, Any]], j: int) -> dict:
+    """A stage's mixer options: one dict for all its blocks, or a list with one per block."""
+    if isinstance(stage_kwargs, dict):
+        return stage_kwargs
+    if j >= len(stage_kwargs):
+        raise ValueError(f"mixer_kwargs lists {len(stage_kwargs)} blocks for a longer stage")
+    return stage_kwargs[j]
+
+
 class Downsample(nn.Module):
     """``[B, H, W, C_in] -> [B, H/k, W/k, C_out]``: optional norm, then a k×k stride-k conv."""
 
@@ -136,7 +145,9 @@ class HierarchicalBackbone(Backbone):
             blocks = [
                 Block(
                     embed_dims[i],
-                    create_mixer(mixers[i], embed_dims[i], grid=grid, **mixer_kwargs_[i]),
+                    create_mixer(
+                        mixers[i], embed_dims[i], grid=grid, **_block_kwargs(mixer_kwargs_[i], j)
+                    ),
                     norm_layer=norm_layer,
                     act_layer=act_layer,
                     mlp_hidden_dim=int(embed_dims[i] * ratio) if ratio else None,
