@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -67,6 +69,178 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 160,224,288, got {text!r}") from None
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() in ("none", "null", "off") else float(text)
+
+
+def _optional_str(text: str) -> str | None:
+    return None if text.lower() in ("none", "null", "off", "") else text
+
+
+S = argparse.SUPPRESS
+BOOL = argparse.BooleanOptionalAction
+#: ``tokenmixers train`` options: flag -> argparse keywords. Every one is also a YAML key
+#: (``--batch-size`` is ``batch_size``); unset options fall back to --config, then to the
+#: recipe for the dataset.
+TRAIN_OPTIONS: dict[str, dict[str, Any]] = {
+    "--model": dict(help="zoo model name (tokenmixers list)"),
+    "--model-kwargs": dict(nargs="+", metavar="KEY=VALUE",
+                           help="create_model overrides, values as Python/YAML literals, e.g. "
+                                "patch_size=4 embed_dim=64 'mlp_ratio=(0.5, 2)'"),
+    "--data": dict(help="mnist5k (default), digits, cifar10, cifar100 or imagefolder:PATH"),
+    "--data-dir": dict(help="where cifar10/cifar100 live or download to (default: data)"),
+    "--download": dict(action=BOOL, help="download cifar10/cifar100 if missing"),
+    "--val-split": dict(type=float, help="imagefolder without val/: hold out this fraction"),
+    "--img-size": dict(type=int, help="input size (default: the data's own)"),
+    "--initial-checkpoint": dict(help="start from these weights (same model and classes)"),
+    "--output": dict(help="run folder (config, metrics, checkpoints, TensorBoard events)"),
+    "--epochs": dict(type=int),
+    "--batch-size": dict(type=int, help="per process (default: 64 for digit data, else 128)"),
+    "--lr": dict(type=float, help="default: lr-base x global batch / 512"),
+    "--lr-base": dict(type=float),
+    "--min-lr": dict(type=float),
+    "--warmup-epochs": dict(type=float),
+    "--warmup-lr": dict(type=float),
+    "--sched": dict(help="timm scheduler name (default cosine)"),
+    "--opt": dict(help="timm optimizer name (default adamw)"),
+    "--opt-eps": dict(type=float),
+    "--momentum": dict(type=float),
+    "--weight-decay": dict(type=float),
+    "--smoothing": dict(type=float, help="label smoothing (default 0.1)"),
+    "--clip-grad": dict(type=_optional_float, help="clip the gradient norm to this"),
+    "--accum-steps": dict(type=int, help="gradient accumulation steps"),
+    "--drop": dict(type=float, help="dropout before the head"),
+    "--drop-path": dict(type=float, help="stochastic depth rate"),
+    "--scale": dict(type=float, nargs=2, metavar=("MIN", "MAX"), help="random-resized-crop area"),
+    "--ratio": dict(type=float, nargs=2, metavar=("MIN", "MAX"), help="random-resized-crop "
+                                                                      "aspect ratio"),
+    "--hflip": dict(type=float, help="horizontal flip probability"),
+    "--color-jitter": dict(type=_optional_float),
+    "--auto-augment": dict(type=_optional_str, help="e.g. rand-m9-mstd0.5-inc1 (RandAugment)"),
+    "--reprob": dict(type=float, help="random erasing probability"),
+    "--mixup": dict(type=float, help="Mixup alpha (0: off)"),
+    "--cutmix": dict(type=float, help="CutMix alpha (0: off)"),
+    "--mixup-prob": dict(type=float),
+    "--mixup-switch-prob": dict(type=float),
+    "--no-aug": dict(action=BOOL, help="no train-time augmentation at all"),
+    "--ema": dict(action=BOOL, help="keep an EMA of the weights (timm ModelEmaV3)"),
+    "--ema-decay": dict(type=float),
+    "--amp": dict(choices=["none", "bf16", "fp16"], help="mixed precision"),
+    "--compile": dict(action=BOOL, help="torch.compile the model"),
+    "--grad-checkpointing": dict(action=BOOL),
+    "--seed": dict(type=int),
+    "--deterministic": dict(action=BOOL, help="torch.use_deterministic_algorithms"),
+    "--device": dict(help="auto (default), cpu, cuda"),
+    "--workers": dict(type=int, help="data-loading processes (default 0)"),
+    "--threads": dict(type=int, help="torch threads per process (0: PyTorch's default; 1 is "
+                                     "often faster on a busy machine)"),
+    "--limit-train": dict(type=int, help="train on this many images (a fixed subset)"),
+    "--limit-val": dict(type=int, help="validate on this many images (a fixed subset)"),
+    "--max-bad-images": dict(type=float, help="fraction of unreadable images tolerated"),
+    "--stop-after": dict(type=int, help="stop (resumably) after this many epochs"),
+    "--log-interval": dict(type=int),
+    "--progress": dict(choices=["auto", "bar", "plain", "none"]),
+    "--nproc": dict(type=int, help="processes on this machine (via torch.distributed.run)"),
+}
+
+
+def _train_options(args: argparse.Namespace) -> dict[str, Any]:
+    from tokenmixers.train.config import read_yaml
+
+    given = {k: v for k, v in vars(args).items() if k.replace("_", "-") in
+             {f[2:] for f in TRAIN_OPTIONS}}
+    options = read_yaml(args.config) if args.config else {}
+    options.update(given)
+    return options
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tokenmixers.train import train
+    from tokenmixers.train.distributed import launch, launched_by_torchrun
+
+    options = _train_options(args)
+    nproc = int(options.get("nproc", 1) or 1)
+    if nproc > 1 and not launched_by_torchrun():
+        return launch(nproc, args.argv)
+    result = train(options, resume=args.resume, overwrite=args.overwrite)
+    if result.interrupted:
+        return 130
+    return 0
+
+
+def _print_json_or_table(rows: list[dict[str, Any]], json_path: str | None,
+                         table: str) -> None:
+    if json_path == "-":
+        print(json.dumps(rows, indent=2))
+        return
+    print(table)
+    if json_path:
+        from pathlib import Path
+
+        Path(json_path).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tokenmixers.data import load_data
+    from tokenmixers.evaluate import eval_resolutions, load_checkpoint_model
+    from tokenmixers.train.distributed import pick_device
+
+    loaded = load_checkpoint_model(args.checkpoint)
+    model = loaded.model
+    data = args.data or loaded.data
+    if not data:
+        raise ValueError(f"{loaded.path} does not record its dataset; pass --data")
+    bundle = load_data(data, data_dir=args.data_dir, download=args.download,
+                       val_split=args.val_split)
+    in_chans = model.patch_embed.in_chans
+    if bundle.num_classes != model.num_classes:
+        raise ValueError(
+            f"{loaded.path} classifies {model.num_classes} classes but {data} has "
+            f"{bundle.num_classes}; evaluate it on the data it was trained on")
+    if bundle.in_chans != in_chans:
+        raise ValueError(f"{loaded.path} takes {in_chans}-channel images but {data} has "
+                         f"{bundle.in_chans}")
+    val = bundle.val
+    if args.limit and args.limit < len(val):
+        from torch.utils.data import Subset
+
+        val = Subset(val, list(range(args.limit)))
+    sizes = args.img_size or [model.img_size[0]]
+    rows = eval_resolutions(loaded, val, sizes, batch_size=args.batch_size,
+                            workers=args.workers, device=pick_device(args.device), amp=args.amp)
+    for row in rows:
+        row.update(model=model.model_name, checkpoint=str(loaded.path), data=data)
+    table = _table(
+        [[str(r["img_size"]), f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['loss']:.4f}",
+          str(r["count"])] if "error" not in r else
+         [str(r["img_size"]), "-", "-", "-", "cannot run: " + r["error"].split(". ")[0]]
+         for r in rows],
+        ["img_size", "top-1", "top-5", "loss", "images"], "rrrrl")
+    _print_json_or_table(rows, args.json, f"{model.model_name} ({loaded.path}) on {data}\n"
+                         + table)
+    return 0 if any("error" not in r for r in rows) else 1
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tokenmixers.evaluate import load_checkpoint_model, predict_files
+
+    loaded = load_checkpoint_model(args.checkpoint)
+    results = predict_files(loaded, args.images, topk=args.topk, img_size=args.img_size)
+    lines = []
+    for r in results:
+        tops = ", ".join(f"{t['class']} ({t['prob']:.3f})" for t in r["top"])
+        lines.append(f"{r['image']}: {tops}")
+    _print_json_or_table(results, args.json, "\n".join(lines))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tokenmixers import __version__
 
@@ -88,13 +262,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "train", help="train a model (DeiT-style recipe scaled to the data; resumable)",
+        description="Train a zoo model. Options not given fall back to --config, then to the "
+                    "recipe for the dataset; the resolved configuration is saved in the run "
+                    "folder. Multi-process: torchrun --nproc_per_node=N -m tokenmixers train "
+                    "..., or --nproc N.")
+    p.add_argument("--config", metavar="YAML", help="options from a YAML file (keys as in "
+                   "config.yaml of a run: batch_size, model_kwargs, ...)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in --output")
+    for flag, kwargs in TRAIN_OPTIONS.items():
+        p.add_argument(flag, default=S, **kwargs)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="top-1/top-5/loss of a checkpoint, at one or more sizes")
+    p.add_argument("--checkpoint", required=True, metavar="RUN_OR_FILE",
+                   help="a run folder (its best checkpoint) or a .safetensors file")
+    p.add_argument("--data", help="dataset (default: the one the checkpoint was trained on)")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--val-split", type=float)
+    p.add_argument("--img-size", type=_int_list, metavar="SIZES",
+                   help="comma-separated input sizes, e.g. 160,224,288 (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    p.add_argument("--limit", type=int, help="evaluate the first N validation images only")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-': "
+                   "print JSON instead of the table)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="top-k classes of image files")
+    p.add_argument("--checkpoint", required=True, metavar="RUN_OR_FILE")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--img-size", type=int, help="input size (default: the model's)")
+    p.add_argument("--json", metavar="PATH", help="also write JSON ('-': print JSON only)")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, OSError, ImportError) as err:
         print(f"tokenmixers {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # a non-finite loss, a failed distributed run
+        print(f"tokenmixers {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"tokenmixers {args.command}: aborted", file=sys.stderr)
+        return 130

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 from importlib import resources
 from pathlib import Path
@@ -58,14 +59,22 @@ def mnist5k_path() -> Path:
     return path
 
 
-def load_mnist5k() -> tuple[ArrayImageDataset, ArrayImageDataset]:
-    """The 5,000 digits (500 per class) split 4,000 / 1,000, stratified, seed 0."""
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     with gzip.open(mnist5k_path(), "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.int64)
     if table.shape != (5000, 785):
         raise ValueError(f"unexpected mnist_5k.csv.gz layout {table.shape}; expected 5000x785")
     images = table[:, :784].clip(0, 255).astype(np.uint8).reshape(-1, 28, 28)
+    images.flags.writeable = False
     labels = table[:, 784]
+    labels.flags.writeable = False
+    return images, labels
+
+
+def load_mnist5k() -> tuple[ArrayImageDataset, ArrayImageDataset]:
+    """The 5,000 digits (500 per class) split 4,000 / 1,000, stratified, seed 0."""
+    images, labels = _mnist5k_arrays()
     train, val = stratified_split(labels, 1000, seed=MNIST5K_SEED)
     classes = [str(i) for i in range(10)]
     return (ArrayImageDataset(images[train], labels[train], classes),

@@ -1,0 +1,148 @@
+"""Run checkpoints that survive being killed at any moment.
+
+A checkpoint is a folder, ``RUN/last`` or ``RUN/best``, holding ``model.safetensors``
+(written by :func:`tokenmixers.save_weights`, so ``load_model`` rebuilds it) and
+``trainer_state.pt`` (optimizer, scheduler, scaler, EMA, epoch, step, RNG states; plain
+tensors and numbers, read back with ``torch.load(weights_only=True)``).
+
+It is written into a fresh temporary folder and swapped in by two renames; if a run dies
+between them, the previous checkpoint sits in ``RUN/.last.old-*`` and :func:`find_checkpoint`
+picks it up.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tokenmixers.backbones import Backbone
+from tokenmixers.weights import save_weights
+
+WEIGHTS = "model.safetensors"
+STATE = "trainer_state.pt"
+STATE_FORMAT = "tokenmixers-trainer-state-v1"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    run_dir: Path, name: str, model: Backbone, state: dict[str, Any],
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write ``RUN/name/{model.safetensors,trainer_state.pt}`` atomically; returns the folder."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=run_dir))
+    try:
+        save_weights(model, tmp / WEIGHTS, metadata=metadata)
+        state_path = tmp / STATE
+        with open(state_path, "wb") as f:
+            torch.save({"format": STATE_FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        old = None
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=run_dir))
+            old.rmdir()
+            os.rename(final, old)
+        os.rename(tmp, final)
+        _fsync_dir(run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # The previous checkpoint, and anything an earlier crash left behind, can go now.
+    for leftover in [*run_dir.glob(f".{name}.old-*"), *run_dir.glob(f".{name}.tmp-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+    return final
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / WEIGHTS).is_file() and (folder / STATE).is_file()
+
+
+def find_checkpoint(run_dir: Path, name: str = "last") -> Path | None:
+    """``RUN/name``, or the previous one left by a run that died mid-swap, or None."""
+    final = run_dir / name
+    if _complete(final):
+        return final
+    leftovers = sorted(run_dir.glob(f".{name}.old-*"), key=lambda p: p.stat().st_mtime)
+    for folder in reversed(leftovers):
+        if _complete(folder):
+            return folder
+    return None
+
+
+def load_state(folder: Path) -> dict[str, Any]:
+    path = folder / STATE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"could not read the trainer state {path}: {err}") from err
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not a tokenmixers trainer state ({STATE_FORMAT})")
+    return state
+
+
+# ---- random number generators ------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and CUDA) generator states, as plain data."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    return {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": [np_kind, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos),
+                  int(np_has_gauss), float(np_gauss)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, py_state, gauss = state["python"]
+    random.setstate((version, tuple(py_state), gauss))
+    kind, keys, pos, has_gauss, np_gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, np_gauss))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python, NumPy and torch from one integer."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,616 @@
+"""The training loop behind ``tokenmixers train``: DeiT-style recipe from timm's factories,
+resumable checkpoints, Ctrl-C handling and multi-process (DDP) training."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from tokenmixers.data import (
+    AugmentConfig,
+    DataBundle,
+    Transformed,
+    eval_transform,
+    load_data,
+    train_transform,
+)
+from tokenmixers.evaluate import autocast, evaluate
+from tokenmixers.train import distributed as D
+from tokenmixers.train.checkpoint import (
+    find_checkpoint,
+    load_state,
+    rng_state,
+    save_checkpoint,
+    seed_all,
+    set_rng_state,
+)
+from tokenmixers.train.config import (
+    RUNTIME_KEYS,
+    ConfigError,
+    TrainConfig,
+    _plain,
+    build_config,
+    parse_model_kwargs,
+    read_yaml,
+    resolve,
+    run_identity,
+    save_yaml,
+)
+from tokenmixers.train.progress import Progress, RunLog
+from tokenmixers.train.sampler import ResumableSampler
+
+#: What a run writes into its folder (and what ``--overwrite`` removes).
+RUN_FILES = ("config.yaml", "metrics.jsonl", "last", "best", "tensorboard")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step."""
+
+
+class RunExistsError(ValueError):
+    """The output folder already holds a run."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_done: int
+    global_step: int
+    best_top1: float | None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
+    stopped: bool = False  # --stop-after ended this invocation early
+
+
+# ---- configuration and run folder ---------------------------------------------------------
+def _resume_config(options: dict[str, Any], run_dir: Path) -> TrainConfig:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--resume {run_dir}: no run there (no config.yaml); start one with --output")
+    saved = read_yaml(path)
+    given = dict(options)
+    if "model_kwargs" in given:
+        given["model_kwargs"] = parse_model_kwargs(given["model_kwargs"])
+    changed = [k for k, v in given.items()
+               if k not in RUNTIME_KEYS and _plain(v) != _plain(saved.get(k))]
+    if changed:
+        details = ", ".join(f"{k}={given[k]!r} (run has {saved.get(k)!r})" for k in changed)
+        raise ConfigError(
+            f"--resume continues the run in {run_dir} exactly, so its options cannot change: "
+            f"{details}. Only {', '.join(sorted(RUNTIME_KEYS))} may; start a new run with "
+            "--output for a different configuration")
+    merged = {**saved, **{k: v for k, v in given.items() if k in RUNTIME_KEYS}}
+    merged["output"] = str(run_dir)
+    return build_config(merged)
+
+
+def prepare_config(options: dict[str, Any], *, resume: str | None, world_size: int
+                   ) -> tuple[TrainConfig, Path]:
+    if resume:
+        run_dir = Path(resume).expanduser()
+        return _resume_config(options, run_dir), run_dir
+    cfg = resolve(build_config(options), world_size)
+    if not cfg.output:
+        raise ConfigError("no run folder: pass --output RUN_DIR (or --resume RUN_DIR)")
+    return cfg, Path(cfg.output).expanduser()
+
+
+def check_run_dir(run_dir: Path, cfg: TrainConfig, *, overwrite: bool) -> None:
+    """Refuse a folder holding another run unless ``overwrite``; then clear our files."""
+    present = [n for n in RUN_FILES if (run_dir / n).exists()]
+    if not present:
+        return
+    if not overwrite:
+        what = "a run"
+        config = run_dir / "config.yaml"
+        if config.is_file():
+            try:
+                old = read_yaml(config)
+                same = run_identity(old) == run_identity(cfg)
+                what = (f"a run of {old.get('model')} on {old.get('data')}"
+                        f"{' with the same options' if same else ' with different options'}")
+            except (ValueError, OSError):
+                pass
+        raise RunExistsError(
+            f"{run_dir} already holds {what} ({', '.join(present)}); pass --resume {run_dir} "
+            "to continue it, --overwrite to replace it, or choose another --output")
+    for name in RUN_FILES:
+        target = run_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    for leftover in [*run_dir.glob(".last.*"), *run_dir.glob(".best.*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+# ---- model and data -----------------------------------------------------------------------
+def model_overrides(cfg: TrainConfig, bundle: DataBundle) -> dict[str, Any]:
+    """``--model-kwargs`` plus what the data decides (channels, classes, size) and the
+    recipe's dropout / drop path, for the model's own argument names."""
+    from tokenmixers.zoo import model_arguments
+
+    accepted = model_arguments(cfg.model)
+    over = dict(cfg.model_kwargs)
+    fixed = {"in_chans": bundle.in_chans, "num_classes": bundle.num_classes,
+             "img_size": cfg.img_size}
+    for key, value in fixed.items():
+        if key in over and _plain(over[key]) not in (value, [value, value]):
+            raise ConfigError(
+                f"--model-kwargs {key}={over[key]} conflicts with {key}={value}, which "
+                f"{'--img-size' if key == 'img_size' else 'the data'} decides; drop it")
+        over[key] = value
+    for key, value, flag in (("drop_path_rate", cfg.drop_path, "--drop-path"),
+                             ("drop_rate", cfg.drop, "--drop")):
+        if key in over:
+            continue
+        if key in accepted:
+            over[key] = value
+        elif value:
+            raise ConfigError(f"{cfg.model} takes no {key}; leave {flag} at 0")
+    return over
+
+
+def _limit(dataset: Dataset, limit: int | None) -> Dataset:
+    """The first ``limit`` items of a fixed (seed 0) shuffle, in ascending order."""
+    n = len(dataset)  # type: ignore[arg-type]
+    if not limit or limit >= n:
+        return dataset
+    idx = np.sort(np.random.default_rng(0).permutation(n)[:limit])
+    return Subset(dataset, idx.tolist())
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set a flag the loop checks between steps (a second Ctrl-C aborts)."""
+
+    def __init__(self, log: Any) -> None:
+        self.flag = threading.Event()
+        self.log = log
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.flag.is_set():
+            raise KeyboardInterrupt
+        self.flag.set()
+        self.log(f"{signal.Signals(signum).name}: saving a checkpoint after this step "
+                 "(press Ctrl-C again to abort without saving)")
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _checkpoint_metadata(cfg: TrainConfig, bundle: DataBundle, epoch: int) -> dict[str, str]:
+    return {"data": cfg.data, "classes": json.dumps(bundle.classes),
+            "mean": json.dumps(list(bundle.mean)), "std": json.dumps(list(bundle.std)),
+            "crop_pct": str(bundle.crop_pct), "epoch": str(epoch)}
+
+
+# ---- the run ------------------------------------------------------------------------------
+def train(options: dict[str, Any], *, resume: str | None = None, overwrite: bool = False
+          ) -> TrainResult:
+    """Run (or resume) a training run described by ``options`` (TrainConfig names)."""
+    info = D.setup(str(options.get("device", "auto")))
+    try:
+        return _Trainer(options, info, resume=resume, overwrite=overwrite).run()
+    finally:
+        D.teardown()
+
+
+class _Trainer:
+    def __init__(self, options: dict[str, Any], info: D.DistInfo, *, resume: str | None,
+                 overwrite: bool) -> None:
+        self.info = info
+        self.cfg, self.run_dir = prepare_config(options, resume=resume,
+                                                world_size=info.world_size)
+        self.resuming = resume is not None
+        self.overwrite = overwrite
+        self.progress = Progress(self.cfg.progress, self.cfg.log_interval, enabled=info.is_main)
+
+    def log(self, message: str) -> None:
+        self.progress.log(message)
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg, info = self.cfg, self.info
+        if info.is_main and not self.resuming:
+            check_run_dir(self.run_dir, cfg, overwrite=self.overwrite)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        seed_all(cfg.seed)
+
+        bundle = load_data(cfg.data, data_dir=cfg.data_dir, download=cfg.download and
+                           info.is_main, val_split=cfg.val_split, seed=cfg.seed,
+                           max_bad_fraction=cfg.max_bad_images)
+        self.bundle = bundle
+        aug = AugmentConfig(scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip,
+                            color_jitter=cfg.color_jitter, auto_augment=cfg.auto_augment,
+                            reprob=cfg.reprob, no_aug=cfg.no_aug)
+        self.train_set = Transformed(
+            _limit(bundle.train, cfg.limit_train),
+            train_transform(cfg.img_size, bundle.in_chans, bundle.mean, bundle.std, aug))
+        val = _limit(bundle.val, cfg.limit_val)
+        n_val = len(val)  # type: ignore[arg-type]
+        self.n_val = n_val
+        # Each process evaluates every world_size-th image; counts are summed, so no image
+        # is counted twice.
+        shard = Subset(val, list(range(info.rank, n_val, info.world_size)))
+        self.val_loader = DataLoader(
+            Transformed(shard, eval_transform(cfg.img_size, bundle.in_chans, bundle.mean,
+                                              bundle.std, crop_pct=bundle.crop_pct)),
+            batch_size=cfg.batch_size, num_workers=cfg.workers,
+            generator=torch.Generator().manual_seed(0),
+            pin_memory=info.device.type == "cuda")
+        self.sampler = ResumableSampler(self.train_set, num_replicas=info.world_size,
+                                        rank=info.rank, seed=cfg.seed)
+        self.updates_per_epoch = self.sampler.per_epoch // cfg.batch_size // cfg.accum_steps
+        if self.updates_per_epoch == 0:
+            raise ConfigError(
+                f"{len(self.train_set)} training images are too few for a batch of "
+                f"{cfg.batch_size} x {cfg.accum_steps} accumulation steps x "
+                f"{info.world_size} processes; lower --batch-size")
+
+        from tokenmixers.zoo import create_model
+
+        model = create_model(cfg.model, **model_overrides(cfg, bundle))
+        if cfg.initial_checkpoint:
+            from tokenmixers.weights import load_weights
+
+            load_weights(model, cfg.initial_checkpoint)
+        if cfg.grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        model.to(info.device)
+        self.model = model
+
+        from timm.optim import create_optimizer_v2
+        from timm.scheduler import create_scheduler_v2
+
+        opt_kwargs: dict[str, Any] = {}
+        if cfg.opt.lower() in ("sgd", "momentum", "nesterov"):
+            opt_kwargs["momentum"] = cfg.momentum
+        elif "adam" in cfg.opt.lower():
+            opt_kwargs["eps"] = cfg.opt_eps
+        # filter_bias_and_bn: no weight decay on 1-d parameters (norms, biases) nor on the
+        # names model.no_weight_decay() lists (position embeddings, class tokens).
+        self.optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr,
+                                             weight_decay=cfg.weight_decay,
+                                             filter_bias_and_bn=True, **opt_kwargs)
+        self.scheduler, _ = create_scheduler_v2(
+            self.optimizer, sched=cfg.sched, num_epochs=cfg.epochs,
+            warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr,
+            step_on_epochs=False, updates_per_epoch=self.updates_per_epoch)
+        self.scaler = torch.amp.GradScaler(info.device.type) if cfg.amp == "fp16" else None
+        self.ema = None
+        if cfg.ema:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(model, decay=cfg.ema_decay)
+
+        mix = (cfg.mixup or 0) > 0 or (cfg.cutmix or 0) > 0
+        self.mixup = None
+        if mix:
+            from timm.data import Mixup
+
+            if cfg.batch_size % 2:
+                raise ConfigError("Mixup/CutMix needs an even --batch-size")
+            self.mixup = Mixup(mixup_alpha=cfg.mixup or 0.0, cutmix_alpha=cfg.cutmix or 0.0,
+                               prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob,
+                               label_smoothing=cfg.smoothing, num_classes=bundle.num_classes)
+            from timm.loss import SoftTargetCrossEntropy
+
+            self.criterion: nn.Module = SoftTargetCrossEntropy()
+        else:
+            self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.smoothing)
+
+        # The run folder gets its config once the data and the model are known to work.
+        if info.is_main and not self.resuming:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_yaml(cfg, self.run_dir / "config.yaml")
+        D.barrier(info)
+
+        # Counters; a resumed run overwrites them.
+        self.epoch = 0
+        self.update_in_epoch = 0
+        self.global_step = 0
+        self.best_top1: float | None = None
+        self.best_epoch = 0
+        self.elapsed_before = 0.0
+        if self.resuming:
+            self._load_last()
+
+        forward: nn.Module = model
+        self.ddp = None
+        if info.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(
+                model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+            forward = self.ddp
+        self.forward = torch.compile(forward) if cfg.compile else forward
+        self.eval_model = torch.compile(model) if cfg.compile else model
+
+    def _load_last(self) -> None:
+        from tokenmixers.weights import load_weights
+
+        folder = find_checkpoint(self.run_dir, "last")
+        if folder is None:
+            raise FileNotFoundError(
+                f"--resume {self.run_dir}: the run has no checkpoint yet (it stopped before "
+                "finishing an epoch or a Ctrl-C save); start it again with --overwrite")
+        state = load_state(folder)
+        load_weights(self.model, folder / "model.safetensors", source="tokenmixers")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        self.epoch = int(state["epoch"])
+        self.update_in_epoch = int(state["update_in_epoch"])
+        self.global_step = int(state["global_step"])
+        self.best_top1 = state.get("best_top1")
+        self.best_epoch = int(state.get("best_epoch", 0))
+        self.elapsed_before = float(state.get("elapsed", 0.0))
+        threads = state.get("threads")
+        if threads and threads != torch.get_num_threads():
+            self.log(f"warning: the run used {threads} torch threads and resumes with "
+                     f"{torch.get_num_threads()}; sums may round differently from the "
+                     f"uninterrupted run (pass --threads {threads} to continue it exactly)")
+        rngs = state.get("rng") or []
+        if self.update_in_epoch and rngs:
+            if len(rngs) != self.info.world_size:
+                self.log(f"warning: the run was saved from {len(rngs)} processes and resumes "
+                         f"on {self.info.world_size}; the rest of this epoch will not repeat "
+                         "the uninterrupted run exactly")
+            set_rng_state(rngs[self.info.rank % len(rngs)])
+        self.scheduler.step_update(num_updates=self.global_step)
+        self.log(f"resuming {self.run_dir} from {folder.name}: epoch {self.epoch + 1}, step "
+                 f"{self.update_in_epoch}/{self.updates_per_epoch} (global step "
+                 f"{self.global_step})")
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _save(self, names: tuple[str, ...]) -> None:
+        """All processes call this (RNG states are gathered); the main one writes."""
+        rngs = D.gather_objects(rng_state(), self.info)
+        if self.info.is_main:
+            state = {
+                "epoch": self.epoch, "update_in_epoch": self.update_in_epoch,
+                "global_step": self.global_step, "best_top1": self.best_top1,
+                "best_epoch": self.best_epoch, "world_size": self.info.world_size,
+                "threads": torch.get_num_threads(),
+                "elapsed": self.elapsed_before + time.perf_counter() - self.t_start,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "ema": self.ema.module.state_dict() if self.ema is not None else None,
+                "rng": rngs,
+            }
+            meta = _checkpoint_metadata(self.cfg, self.bundle, self.epoch)
+            for name in names:
+                save_checkpoint(self.run_dir, name, self.model, state, metadata=meta)
+        D.barrier(self.info)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _batches(self, epoch: int, skip_updates: int) -> Iterator[tuple[torch.Tensor,
+                                                                        torch.Tensor]]:
+        cfg = self.cfg
+        self.sampler.set_epoch(epoch, skip=skip_updates * cfg.accum_steps * cfg.batch_size)
+        loader = DataLoader(
+            self.train_set, batch_size=cfg.batch_size, sampler=self.sampler,
+            num_workers=cfg.workers, drop_last=True,
+            pin_memory=self.info.device.type == "cuda",
+            generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+        return iter(loader)
+
+    def _step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], epoch: int,
+              update: int) -> tuple[float, float, int]:
+        """One optimizer update over ``accum_steps`` micro-batches -> (loss sum, correct,
+        images)."""
+        cfg, info = self.cfg, self.info
+        loss_sum = correct = 0.0
+        images = 0
+        for micro in range(cfg.accum_steps):
+            x, y = next(batches)
+            x = x.to(info.device, non_blocking=True)
+            y = y.to(info.device, non_blocking=True)
+            target = y
+            if self.mixup is not None:
+                x, target = self.mixup(x, y)
+            last = micro == cfg.accum_steps - 1
+            sync = (self.ddp.no_sync() if self.ddp is not None and not last
+                    else contextlib.nullcontext())
+            with sync:
+                with autocast(info.device, cfg.amp):
+                    logits = self.forward(x)
+                    loss = self.criterion(logits, target)
+                bad = float(not torch.isfinite(loss.detach()).item())
+                if info.enabled:
+                    bad = D.all_reduce_sum([bad], info)[0]
+                if bad:
+                    self._non_finite(loss, epoch, update)
+                scaled = loss / cfg.accum_steps
+                if self.scaler is not None:
+                    self.scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
+            loss_sum += loss.item() * y.numel()
+            if self.mixup is None:
+                correct += (logits.detach().argmax(-1) == y).sum().item()
+            images += y.numel()
+        params = self.model.parameters()
+        if self.scaler is not None:
+            if cfg.clip_grad:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            if cfg.clip_grad:
+                nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        self.scheduler.step_update(num_updates=self.global_step)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step)
+        return loss_sum, correct, images
+
+    def _non_finite(self, loss: torch.Tensor, epoch: int, update: int) -> None:
+        last = find_checkpoint(self.run_dir, "last")
+        kept = (f"the last good checkpoint, {last}, is kept" if last is not None
+                else "no checkpoint was written yet")
+        raise NonFiniteLossError(
+            f"the loss is {loss.item()} at epoch {epoch + 1}, step {update + 1}/"
+            f"{self.updates_per_epoch} (global step {self.global_step + 1}); stopped: {kept}. "
+            "Try a lower --lr, --clip-grad 1.0, or --amp bf16 instead of fp16")
+
+    def run(self) -> TrainResult:
+        self.t_start = time.perf_counter()
+        self._setup()
+        cfg, info = self.cfg, self.info
+        runlog = None
+        if info.is_main:
+            runlog = RunLog(self.run_dir, keep_epochs=self.epoch if self.resuming else None,
+                            purge_step=self.global_step if self.resuming else None)
+            params = sum(p.numel() for p in self.model.parameters())
+            self.log(
+                f"{cfg.model}: {params / 1e6:.3f}M parameters | {cfg.data}: "
+                f"{len(self.train_set)} train / {self.n_val} val images, "
+                f"{self.bundle.in_chans} channel(s), {self.bundle.num_classes} classes, "
+                f"{cfg.img_size}px | {cfg.epochs} epochs x {self.updates_per_epoch} steps, "
+                f"global batch {cfg.batch_size * cfg.accum_steps * info.world_size}, "
+                f"lr {cfg.lr:.3g} | {info.world_size} process(es) on {info.device.type} | "
+                f"run folder {self.run_dir}")
+        result = TrainResult(self.run_dir, self.epoch, self.global_step, self.best_top1)
+        first_epoch = self.epoch
+        try:
+            with StopRequest(self.log) as stop:
+                while self.epoch < cfg.epochs:
+                    record = self._epoch(stop, runlog)
+                    if record is None:  # interrupted and saved
+                        result.interrupted = True
+                        break
+                    result.metrics.append(record)
+                    requested = float(stop.flag.is_set())
+                    if info.enabled:
+                        requested = D.all_reduce_sum([requested], info)[0]
+                    if requested and self.epoch < cfg.epochs:
+                        result.interrupted = True
+                        self.log(f"interrupted after epoch {self.epoch}; saved "
+                                 f"{self.run_dir / 'last'}. Continue with: tokenmixers train "
+                                 f"--resume {self.run_dir}")
+                        break
+                    if cfg.stop_after and self.epoch - first_epoch >= cfg.stop_after \
+                            and self.epoch < cfg.epochs:
+                        result.stopped = True
+                        self.log(f"stopped after {cfg.stop_after} epoch(s) (--stop-after); "
+                                 f"continue with: tokenmixers train --resume {self.run_dir}")
+                        break
+        finally:
+            self.progress.close()
+            if runlog is not None:
+                runlog.close()
+        result.epochs_done = self.epoch
+        result.global_step = self.global_step
+        result.best_top1 = self.best_top1
+        return result
+
+    def _epoch(self, stop: StopRequest, runlog: RunLog | None) -> dict[str, Any] | None:
+        cfg, info = self.cfg, self.info
+        epoch, start = self.epoch, self.update_in_epoch
+        if start == 0:
+            # Every epoch starts from generators seeded by (seed, epoch, rank): the data order
+            # and augmentations of epoch e do not depend on how the run got there.
+            seed_all(cfg.seed * 1_000_003 + epoch * 1009 + info.rank)
+        batches = self._batches(epoch, start)
+        self.model.train()
+        loss_sum = correct = 0.0
+        images = 0
+        t0 = time.perf_counter()
+        self.progress.start(f"epoch {epoch + 1}/{cfg.epochs}", self.updates_per_epoch, start)
+        for update in range(start, self.updates_per_epoch):
+            ls, c, n = self._step(batches, epoch, update)
+            loss_sum, correct, images = loss_sum + ls, correct + c, images + n
+            self.update_in_epoch = update + 1
+            lr = self.optimizer.param_groups[0]["lr"]
+            rate = images * info.world_size / max(time.perf_counter() - t0, 1e-9)
+            self.progress.step({"loss": loss_sum / images,
+                                "acc": 100 * correct / images if self.mixup is None else None,
+                                "lr": lr, "img/s": rate})
+            if runlog is not None and self.global_step % cfg.log_interval == 0:
+                runlog.scalars({"loss": ls / n, "lr": lr}, self.global_step, prefix="train/")
+            requested = float(stop.flag.is_set())
+            if info.enabled:
+                requested = D.all_reduce_sum([requested], info)[0]
+            if requested and self.update_in_epoch < self.updates_per_epoch:
+                self.progress.close()
+                self._save(("last",))
+                self.log(f"interrupted at epoch {epoch + 1}, step {self.update_in_epoch}/"
+                         f"{self.updates_per_epoch}; saved {self.run_dir / 'last'}. Continue "
+                         f"with: tokenmixers train --resume {self.run_dir}")
+                return None
+        self.progress.close()
+        train_time = time.perf_counter() - t0
+        loss_sum, correct, images = D.all_reduce_sum([loss_sum, correct, images], info)
+
+        def reduce(values: list[float]) -> list[float]:
+            return D.all_reduce_sum(values, info)
+
+        val = evaluate(self.eval_model, self.val_loader, device=info.device, amp=cfg.amp,
+                       reduce=reduce)
+        record: dict[str, Any] = {
+            "epoch": epoch + 1, "step": self.global_step,
+            "train_loss": loss_sum / max(images, 1),
+            "train_top1": 100 * correct / images if self.mixup is None and images else None,
+            "val_loss": val["loss"], "top1": val["top1"], "top5": val["top5"],
+        }
+        if self.ema is not None:
+            ema_val = evaluate(self.ema.module, self.val_loader, device=info.device,
+                               amp=cfg.amp, reduce=reduce)
+            record.update(ema_loss=ema_val["loss"], ema_top1=ema_val["top1"],
+                          ema_top5=ema_val["top5"])
+        record.update(
+            lr=self.optimizer.param_groups[0]["lr"],
+            img_per_sec=images / max(train_time, 1e-9) if start == 0 else None,
+            epoch_time=train_time,
+            elapsed=self.elapsed_before + time.perf_counter() - self.t_start,
+        )
+        if not all(math.isfinite(v) for v in (val["loss"],)):
+            self.log(f"warning: validation loss is {val['loss']} after epoch {epoch + 1}")
+        self.epoch, self.update_in_epoch = epoch + 1, 0
+        is_best = self.best_top1 is None or val["top1"] > self.best_top1
+        if is_best:
+            self.best_top1, self.best_epoch = val["top1"], epoch + 1
+        self._save(("last", "best") if is_best else ("last",))
+        if runlog is not None:
+            runlog.epoch(record)
+        ema = f" ema_top1={record['ema_top1']:.2f}" if self.ema is not None else ""
+        self.log(f"epoch {epoch + 1}/{cfg.epochs}: train_loss={record['train_loss']:.4f} "
+                 f"val_loss={val['loss']:.4f} top1={val['top1']:.2f} top5={val['top5']:.2f}"
+                 f"{ema} lr={record['lr']:.3g} {train_time:.1f}s"
+                 f"{' (best)' if is_best else ''}")
+        return record
