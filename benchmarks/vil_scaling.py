@@ -2,17 +2,19 @@
 1764 tokens), batch 8, eval, 2 threads, with the mLSTM cell in its ``parallel`` (quadratic,
 the authors' form) and ``chunkwise`` (linear) backends.
 
-Method. Every (resolution, backend) runs in a fresh subprocess, so one measurement's memory
-cannot leak into another's: it builds the model, runs a warm-up forward with one image,
-resets the kernel's peak-RSS mark (``echo 5 > /proc/self/clear_refs``), then times
-forwards of the batch. Peak memory is the rise of the peak RSS (``VmHWM``) over the RSS
-just before the first timed forward: what the forward pass itself allocates. Timing: the
-median over up to ``--rounds`` forwards, stopping once ``--budget`` seconds are spent (a
-single forward of the parallel form at 672 takes minutes). The two backends run back to
-back at each resolution and ``--repeats`` alternates them again, keeping the best of each,
-so the machine's drift hits both alike: read the ratios, not the absolute times.
+Method. Each resolution runs in a fresh subprocess that builds the model once and times
+the two backends alternately (chunkwise, parallel, chunkwise, ...), so drift on a shared
+machine hits both alike; the time is the best of the rounds (the least disturbed run) and
+the rounds stop after ``--rounds`` or once ``--budget`` seconds are spent (one forward of
+the parallel form at 672 takes minutes). Read the ratios, not the absolute times.
+Peak memory: before every timed forward the kernel's peak-RSS mark is reset
+(``echo 5 > /proc/self/clear_refs``); the peak is the rise of ``VmHWM`` over the RSS just
+before the forward, i.e. what the forward itself allocates. glibc's mmap threshold is
+pinned (``MALLOC_MMAP_THRESHOLD_``) so large buffers go back to the system after each
+forward and every measurement starts from the same RSS.
 
-    python benchmarks/vil_scaling.py [--sizes 224,448,672] [--threads 2] [--repeats 1]
+    python benchmarks/vil_scaling.py [--sizes 224,448,672] [--threads 2] [--rounds 5]
+    python benchmarks/vil_scaling.py --cell   # the cell alone against S: the "auto" rule
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import itertools
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -36,44 +37,72 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def worker(size: int, backend: str, batch: int, threads: int, rounds: int, budget: float) -> dict:
+def worker(size: int, batch: int, threads: int, rounds: int, budget: float) -> dict:
     import torch
 
     import tokenmixers
+    from tokenmixers.mixers.mlstm import set_mlstm_backend
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = tokenmixers.create_model("vil_tiny", img_size=size, backend=backend).eval()
+    model = tokenmixers.create_model("vil_tiny", img_size=size).eval()
     x = torch.randn(batch, 3, size, size)
+    backends = ("chunkwise", "parallel")
+    times: dict[str, list[float]] = {b: [] for b in backends}
+    peak_mb = dict.fromkeys(backends, 0.0)
     with torch.inference_mode():
-        model(x[:1])  # warm-up: first-call allocations, thread pool
-        rss_before = _status_kb("VmRSS")
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-            reset = True
-        except OSError:
-            reset = False
-        times = []
+        for backend in backends:  # warm-up: first-call allocations, thread pool
+            set_mlstm_backend(model, backend)
+            model(x[:1])
         start = time.perf_counter()
-        while len(times) < rounds and (not times or time.perf_counter() - start < budget):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
-            if len(times) == 1:
-                peak = _status_kb("VmHWM")
+        while len(times["parallel"]) < rounds and (
+            not times["parallel"] or time.perf_counter() - start < budget
+        ):
+            for backend in backends:
+                set_mlstm_backend(model, backend)
+                Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+                rss = _status_kb("VmRSS")
+                t0 = time.perf_counter()
+                model(x)
+                times[backend].append(time.perf_counter() - t0)
+                peak_mb[backend] = max(peak_mb[backend], (_status_kb("VmHWM") - rss) / 1024)
+    grid = model.patch_embed.grid_size((size, size))
     return {
-        "size": size, "backend": backend, "tokens": model.patch_embed.grid_size((size, size)),
-        "seconds": statistics.median(times), "rounds": len(times),
-        "peak_mb": (peak - rss_before) / 1024 if reset else float("nan"),
+        "size": size, "tokens": grid[0] * grid[1], "rounds": len(times["parallel"]),
+        "seconds": {b: min(t) for b, t in times.items()}, "peak_mb": peak_mb,
     }
 
 
-def measure(args: argparse.Namespace, size: int, backend: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", f"{size},{backend}", "--batch", str(args.batch),
+def measure(args: argparse.Namespace, size: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", str(size), "--batch", str(args.batch),
            "--threads", str(args.threads), "--rounds", str(args.rounds),
            "--budget", str(args.budget)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def cell_table(threads: int, rounds: int) -> None:
+    """The mLSTM cell alone with ViL-T's shapes (batch 8, 4 heads, head dim 96): parallel
+    and chunkwise (chunk 64) timed alternately at each S, best of ``rounds``."""
+    import torch
+
+    from tokenmixers.mixers.mlstm import mlstm_chunkwise, mlstm_parallel
+
+    torch.set_num_threads(threads)
+    print(f"{'S':>5} | {'parallel ms':>11} {'chunkwise ms':>12} {'speed-up':>8}")
+    for s in (49, 64, 96, 128, 196, 400, 784):
+        q, k, v = (torch.randn(8, 4, s, 96) for _ in range(3))
+        ig, fg = torch.randn(8, 4, s), torch.randn(8, 4, s) + 4
+        best = {"p": float("inf"), "c": float("inf")}
+        with torch.inference_mode():
+            for _ in range(rounds + 1):  # the first round warms up
+                for key, fn in (("p", mlstm_parallel), ("c", mlstm_chunkwise)):
+                    t0 = time.perf_counter()
+                    fn(q, k, v, ig, fg)
+                    best[key] = min(best[key], time.perf_counter() - t0)
+        print(f"{s:>5} | {best['p'] * 1e3:>11.2f} {best['c'] * 1e3:>12.2f} "
+              f"{best['p'] / best['c']:>7.2f}x", flush=True)
 
 
 def cpu_name() -> str:
@@ -92,14 +121,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5, help="timed forwards at most")
-    parser.add_argument("--budget", type=float, default=30.0, help="seconds per measurement")
-    parser.add_argument("--repeats", type=int, default=1, help="alternate the backends again")
+    parser.add_argument("--budget", type=float, default=60.0,
+                        help="start no new round after this many seconds per size")
+    parser.add_argument("--cell", action="store_true", help="time the cell alone against S")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cell:
+        cell_table(args.threads, args.rounds)
+        return
     if args.worker:
-        size, backend = args.worker.split(",")
-        result = worker(int(size), backend, args.batch, args.threads, args.rounds, args.budget)
-        print(json.dumps(result))
+        print(json.dumps(worker(int(args.worker), args.batch, args.threads, args.rounds,
+                                args.budget)))
         return
 
     import torch
@@ -108,31 +140,24 @@ def main() -> None:
           f"{args.threads} threads, batch {args.batch}, eval; load average "
           f"{os.getloadavg()[0]:.1f} at start", flush=True)
     sizes = [int(s) for s in args.sizes.split(",")]
-    best: dict[tuple[int, str], dict] = {}
-    for _ in range(args.repeats):
-        for size in sizes:
-            for backend in ("chunkwise", "parallel"):
-                r = measure(args, size, backend)
-                key = (size, backend)
-                if key not in best or r["seconds"] < best[key]["seconds"]:
-                    best[key] = r
-                print(f"  {size}px {backend:9s} {args.batch / r['seconds']:7.2f} img/s "
-                      f"({r['rounds']} rounds)  peak +{r['peak_mb']:7.0f} MB", flush=True)
+    results = {}
+    for size in sizes:
+        r = results[size] = measure(args, size)
+        print(f"  {size}px: {r['rounds']} rounds, load average {os.getloadavg()[0]:.1f}",
+              flush=True)
 
-    print(f"\nload average {os.getloadavg()[0]:.1f} at end\n")
     header = (f"{'size':>5} {'tokens':>6} | {'parallel img/s':>14} {'chunkwise img/s':>15} "
               f"{'speed-up':>8} | {'parallel MB':>11} {'chunkwise MB':>12} {'mem ratio':>9}")
-    print(header)
+    print("\n" + header)
     print("-" * len(header))
     per_token = {}
     for size in sizes:
-        p, c = best[(size, "parallel")], best[(size, "chunkwise")]
-        n = p["tokens"][0] * p["tokens"][1]
-        per_token[size] = c["seconds"] / n
-        print(f"{size:>5} {n:>6} | {args.batch / p['seconds']:>14.2f} "
-              f"{args.batch / c['seconds']:>15.2f} {p['seconds'] / c['seconds']:>7.2f}x | "
-              f"{p['peak_mb']:>11.0f} {c['peak_mb']:>12.0f} "
-              f"{p['peak_mb'] / c['peak_mb']:>8.2f}x")
+        r = results[size]
+        tc, tp = r["seconds"]["chunkwise"], r["seconds"]["parallel"]
+        mc, mp = r["peak_mb"]["chunkwise"], r["peak_mb"]["parallel"]
+        per_token[size] = tc / r["tokens"]
+        print(f"{size:>5} {r['tokens']:>6} | {args.batch / tp:>14.2f} {args.batch / tc:>15.2f} "
+              f"{tp / tc:>7.2f}x | {mp:>11.0f} {mc:>12.0f} {mp / mc:>8.2f}x")
     for a, b in itertools.pairwise(sizes):
         print(f"chunkwise per-token time ratio {a}->{b}: {per_token[b] / per_token[a]:.2f} "
               "(1.0 = linear in tokens)")
