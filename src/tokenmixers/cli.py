@@ -129,7 +129,7 @@ TRAIN_OPTIONS: dict[str, dict[str, Any]] = {
     "--cutmix": dict(type=float, help="CutMix alpha (0: off)"),
     "--mixup-prob": dict(type=float),
     "--mixup-switch-prob": dict(type=float),
-    "--no-aug": dict(action=BOOL, help="no train-time augmentation at all"),
+    "--no-aug": dict(action="store_true", help="no train-time augmentation at all"),
     "--ema": dict(action=BOOL, help="keep an EMA of the weights (timm ModelEmaV3)"),
     "--ema-decay": dict(type=float),
     "--amp": dict(choices=["none", "bf16", "fp16"], help="mixed precision"),

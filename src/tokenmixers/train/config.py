@@ -18,7 +18,7 @@ from tokenmixers.data import DataSpec, parse_data
 #: for a global batch of 512 (lr = lr_base * global batch / 512, DeiT's rule).
 RECIPES: dict[str, dict[str, Any]] = {
     # 4,000 28x28 digits: short, light crops, no flips (a flipped 2 is not a 2), no mixing.
-    "small": dict(epochs=15, batch_size=64, lr_base=4e-3, warmup_epochs=1.0, drop_path=0.0,
+    "small": dict(epochs=15, batch_size=64, lr_base=1.6e-2, warmup_epochs=1.0, drop_path=0.0,
                   scale=(0.85, 1.0), ratio=(0.9, 1.1), hflip=0.0, color_jitter=None,
                   auto_augment=None, reprob=0.0, mixup=0.0, cutmix=0.0, min_lr=1e-5),
     "cifar": dict(epochs=100, batch_size=128, lr_base=1e-3, warmup_epochs=5.0, drop_path=0.1,
