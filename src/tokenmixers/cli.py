@@ -188,7 +188,7 @@ def _print_json_or_table(rows: list[dict[str, Any]], json_path: str | None,
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from tokenmixers.data import load_data
+    from tokenmixers.data import fixed_subset, load_data
     from tokenmixers.evaluate import eval_resolutions, load_checkpoint_model
     from tokenmixers.train.distributed import pick_device
 
@@ -207,11 +207,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if bundle.in_chans != in_chans:
         raise ValueError(f"{loaded.path} takes {in_chans}-channel images but {data} has "
                          f"{bundle.in_chans}")
-    val = bundle.val
-    if args.limit and args.limit < len(val):
-        from torch.utils.data import Subset
-
-        val = Subset(val, list(range(args.limit)))
+    val = fixed_subset(bundle.val, args.limit)
     sizes = args.img_size or [model.img_size[0]]
     rows = eval_resolutions(loaded, val, sizes, batch_size=args.batch_size,
                             workers=args.workers, device=pick_device(args.device), amp=args.amp)
@@ -291,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
-    p.add_argument("--limit", type=int, help="evaluate the first N validation images only")
+    p.add_argument("--limit", type=int, help="evaluate N validation images only (the same "
+                   "fixed subset as train --limit-val N)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-': "
                    "print JSON instead of the table)")
     p.set_defaults(func=cmd_eval)

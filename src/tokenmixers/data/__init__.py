@@ -6,7 +6,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-from torch.utils.data import Dataset
+import numpy as np
+from torch.utils.data import Dataset, Subset
 
 from tokenmixers.data.splits import stratified_split
 from tokenmixers.data.transforms import AugmentConfig, Transformed, eval_transform, train_transform
@@ -72,6 +73,16 @@ class DataBundle:
         return len(self.classes)
 
 
+def fixed_subset(dataset: Dataset, limit: int | None) -> Dataset:
+    """The first ``limit`` items of a fixed (seed 0) shuffle, in ascending order: the same
+    images for ``train --limit-val`` and ``eval --limit``."""
+    n = len(dataset)  # type: ignore[arg-type]
+    if not limit or limit >= n:
+        return dataset
+    idx = np.sort(np.random.default_rng(0).permutation(n)[:limit])
+    return Subset(dataset, idx.tolist())
+
+
 def load_data(
     value: str | DataSpec, *, data_dir: str = "data", download: bool = False,
     val_split: float | None = None, seed: int = 0, max_bad_fraction: float = 0.01,
@@ -109,6 +120,7 @@ __all__ = [
     "DataSpec",
     "Transformed",
     "eval_transform",
+    "fixed_subset",
     "load_data",
     "parse_data",
     "stratified_split",

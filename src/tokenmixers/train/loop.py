@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 
 from tokenmixers.data import (
     AugmentConfig,
     DataBundle,
     Transformed,
     eval_transform,
+    fixed_subset,
     load_data,
     train_transform,
 )
@@ -166,15 +166,6 @@ def model_overrides(cfg: TrainConfig, bundle: DataBundle) -> dict[str, Any]:
     return over
 
 
-def _limit(dataset: Dataset, limit: int | None) -> Dataset:
-    """The first ``limit`` items of a fixed (seed 0) shuffle, in ascending order."""
-    n = len(dataset)  # type: ignore[arg-type]
-    if not limit or limit >= n:
-        return dataset
-    idx = np.sort(np.random.default_rng(0).permutation(n)[:limit])
-    return Subset(dataset, idx.tolist())
-
-
 class StopRequest:
     """SIGINT/SIGTERM set a flag the loop checks between steps (a second Ctrl-C aborts)."""
 
@@ -251,9 +242,9 @@ class _Trainer:
                             color_jitter=cfg.color_jitter, auto_augment=cfg.auto_augment,
                             reprob=cfg.reprob, no_aug=cfg.no_aug)
         self.train_set = Transformed(
-            _limit(bundle.train, cfg.limit_train),
+            fixed_subset(bundle.train, cfg.limit_train),
             train_transform(cfg.img_size, bundle.in_chans, bundle.mean, bundle.std, aug))
-        val = _limit(bundle.val, cfg.limit_val)
+        val = fixed_subset(bundle.val, cfg.limit_val)
         n_val = len(val)  # type: ignore[arg-type]
         self.n_val = n_val
         # Each process evaluates every world_size-th image; counts are summed, so no image
