@@ -39,7 +39,8 @@ class ModelSpec:
     name: str
     family: str
     config: dict[str, Any]
-    paper: Paper
+    #: None for the generic skeletons, which no paper describes.
+    paper: Paper | None
     notes: str = ""
     tags: tuple[str, ...] = field(default=())
 
@@ -47,7 +48,7 @@ class ModelSpec:
 ZOO: dict[str, ModelSpec] = {}
 
 
-def _add(name: str, family: str, paper: Paper, **config: Any) -> None:
+def _add(name: str, family: str, paper: Paper | None, **config: Any) -> None:
     if name in ZOO:
         raise ValueError(f"duplicate zoo entry {name!r}")
     ZOO[name] = ModelSpec(name=name, family=family, config=config, paper=paper)
@@ -162,6 +163,13 @@ _add("vil2_small", "vil2", Paper(_VIL, "2406.04303", params=23_398_696),
      dim=384, depth=12, drop_path_rate=0.05)
 _add("vil2_base", "vil2", Paper(_VIL, "2406.04303", params=89_263_528),
      dim=768, depth=12, drop_path_rate=0.2)
+
+# ---- Generic skeletons: any mixer, everything else fixed (``mixer=...``) ----------------
+# ViT-Ti-like widths for the isotropic one, a Swin/ShiftViT-T-like pyramid (at 64 wide)
+# for the hierarchical one.
+_add("isotropic", "isotropic", None, mixer="attention", patch_size=16, embed_dim=192, depth=12)
+_add("hierarchical", "hierarchical", None, mixer="attention", patch_size=4,
+     embed_dims=(64, 128, 256, 512), depths=(2, 2, 6, 2))
 
 
 class UnknownModelError(ValueError):
