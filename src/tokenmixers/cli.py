@@ -33,6 +33,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in list_models(args.pattern):
         spec = get_spec(name)
         p = spec.paper
+        if p is None:  # a generic skeleton: no paper, any mixer
+            mixer = spec.config["mixer"]
+            rows.append([name, spec.family, "-", "-", "-", f"any mixer (default {mixer})"])
+            continue
         rows.append([
             name, spec.family, f"{p.params / 1e6:.2f}M",
             f"{p.gmacs:.1f}" if p.gmacs is not None else "-",
