@@ -87,7 +87,18 @@ def gather_objects(obj: object, info: DistInfo) -> list[object]:
 def launch(nproc: int, argv: Sequence[str]) -> int:
     """``tokenmixers train --nproc N ...`` -> ``python -m torch.distributed.run --standalone
     --nproc_per_node N -m tokenmixers train ...``; returns its exit code."""
+    # The workers need no --nproc (torchrun's environment tells them), and torchrun's own
+    # parser would take it for an abbreviation of its --nproc-per-node.
+    worker_argv: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            worker_argv.append(arg)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "tokenmixers", *argv]
+           f"--nproc_per_node={nproc}", "-m", "tokenmixers", *worker_argv]
     print(f"launching {nproc} processes: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     return subprocess.call(cmd)

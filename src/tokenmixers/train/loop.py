@@ -234,9 +234,17 @@ class _Trainer:
             torch.backends.cudnn.benchmark = False
         seed_all(cfg.seed)
 
-        bundle = load_data(cfg.data, data_dir=cfg.data_dir, download=cfg.download and
-                           info.is_main, val_split=cfg.val_split, seed=cfg.seed,
-                           max_bad_fraction=cfg.max_bad_images)
+        def load(download: bool) -> DataBundle:
+            return load_data(cfg.data, data_dir=cfg.data_dir, download=download,
+                             val_split=cfg.val_split, seed=cfg.seed,
+                             max_bad_fraction=cfg.max_bad_images)
+
+        # With --download the main process fetches first; the others read what it wrote.
+        if info.is_main:
+            bundle = load(cfg.download)
+        D.barrier(info)
+        if not info.is_main:
+            bundle = load(False)
         self.bundle = bundle
         aug = AugmentConfig(scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip,
                             color_jitter=cfg.color_jitter, auto_augment=cfg.auto_augment,
@@ -366,6 +374,13 @@ class _Trainer:
         self.best_top1 = state.get("best_top1")
         self.best_epoch = int(state.get("best_epoch", 0))
         self.elapsed_before = float(state.get("elapsed", 0.0))
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.info.world_size:
+            per = self.cfg.batch_size * self.cfg.accum_steps
+            self.log(f"warning: the run used {saved_world} process(es) (global batch "
+                     f"{per * saved_world}) and resumes on {self.info.world_size} (global batch "
+                     f"{per * self.info.world_size}); pass --nproc {saved_world} to continue it "
+                     "exactly")
         threads = state.get("threads")
         if threads and threads != torch.get_num_threads():
             self.log(f"warning: the run used {threads} torch threads and resumes with "
@@ -497,6 +512,9 @@ class _Trainer:
                 f"lr {cfg.lr:.3g} | {info.world_size} process(es) on {info.device.type} | "
                 f"run folder {self.run_dir}")
         result = TrainResult(self.run_dir, self.epoch, self.global_step, self.best_top1)
+        if self.epoch >= cfg.epochs:
+            self.log(f"{self.run_dir} has finished all {cfg.epochs} epochs already (best top-1 "
+                     f"{self.best_top1:.2f}% after epoch {self.best_epoch})")
         first_epoch = self.epoch
         try:
             with StopRequest(self.log) as stop:
