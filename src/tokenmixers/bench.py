@@ -1,8 +1,8 @@
 """``tokenmixers bench``: parameters, MACs, throughput, peak memory and achieved
 GFLOP/s as a fraction of the machine's matrix-multiply peak, per model and resolution.
 
-Every measurement runs in a fresh subprocess, so the peak memory of one model is not
-hidden under another's and one slow compile does not warm the next. Memory on CPU is the
+Each model and mode is measured in a fresh subprocess (its resolutions one after another
+in it), so the peak memory of one model is not hidden under another's. Memory on CPU is the
 rise of the process's peak resident set (``VmHWM``, reset through
 ``/proc/self/clear_refs`` just before the timed work) over its size right before it:
 activations, workspaces and, in training, gradients and optimizer state — not the
@@ -174,15 +174,41 @@ def measure(
     }
 
 
-def _measure_in_subprocess(**kwargs: Any) -> dict[str, Any]:
+def _measure_one(job: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return measure(**job)
+    except Exception as err:  # reported per job; the other sizes still run
+        return {"error": f"{type(err).__name__}: {err}".splitlines()[0]}
+
+
+def _measure_jobs(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run :func:`measure` for each job in a process of its own, forked from this one
+    (which has imported torch but run nothing, so the child starts with a clean heap and
+    no thread pool) — fresh-process memory figures without paying the import each time.
+    A failing job becomes ``{"error": message}`` (e.g. a Mixer asked for a size it was
+    not built for)."""
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        return [_measure_one(job) for job in jobs]
+    ctx = mp.get_context("fork")
+    out = []
+    for job in jobs:
+        with ctx.Pool(1) as pool:
+            out.append(pool.apply(_measure_one, (job,)))
+    return out
+
+
+def _measure_in_subprocess(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     done = subprocess.run(
-        [sys.executable, "-m", "tokenmixers.bench", json.dumps(kwargs)],
+        [sys.executable, "-m", "tokenmixers.bench", json.dumps(jobs)],
         capture_output=True, text=True,
     )
     if done.returncode != 0:
+        job = jobs[0]
         raise RuntimeError(
-            f"benchmark of {kwargs['model_name']} at {kwargs['img_size']} ({kwargs['mode']}) "
-            f"failed:\n{done.stderr.strip()[-2000:]}"
+            f"benchmark of {job['model_name']} ({job['mode']}) failed:\n"
+            f"{done.stderr.strip()[-2000:]}"
         )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -218,19 +244,26 @@ def bench(
     peak = _peak_in_subprocess(device, amp, threads)
     records = []
     for name in models:
-        for size in img_sizes:
-            rec: dict[str, Any] = {"model": name, "img_size": size}
-            for mode in modes:
-                if progress:
-                    progress(f"{name} @ {size} ({mode})")
-                try:
-                    r = _measure_in_subprocess(
-                        model_name=name, img_size=size, batch_size=batch_size, mode=mode, amp=amp,
-                        compile=compile, threads=threads, device=device, warmup=warmup,
-                        repeats=repeats, model_kwargs=model_kwargs,
-                    )
-                except RuntimeError as err:
-                    rec.setdefault("errors", []).append(str(err).splitlines()[-1])
+        by_size: dict[int, dict[str, Any]] = {
+            size: {"model": name, "img_size": size} for size in img_sizes
+        }
+        for mode in modes:
+            if progress:
+                progress(f"{name} at {', '.join(map(str, img_sizes))} ({mode})")
+            jobs = [
+                dict(model_name=name, img_size=size, batch_size=batch_size, mode=mode, amp=amp,
+                     compile=compile, threads=threads, device=device, warmup=warmup,
+                     repeats=repeats, model_kwargs=model_kwargs)
+                for size in img_sizes
+            ]
+            try:
+                results = _measure_in_subprocess(jobs)
+            except RuntimeError as err:
+                results = [{"error": str(err).splitlines()[-1]}] * len(jobs)
+            for size, r in zip(img_sizes, results):
+                rec = by_size[size]
+                if "error" in r:
+                    rec.setdefault("errors", []).append(f"{mode}: {r['error']}")
                     continue
                 for key in ("params", "macs", "mixer_macs", "flops", "batch_size", "threads",
                             "device", "amp", "compile"):
@@ -243,6 +276,7 @@ def bench(
                 # a training step is about 3x the forward pass (forward + 2x in backward)
                 work = r["flops"] * (1 if mode == "infer" else 3)
                 rec["mfu" if mode == "infer" else "train_mfu"] = work * r["img_s"] / (peak * 1e9)
+        for rec in by_size.values():
             rec["matmul_peak_gflops"] = peak
             rec["torch"] = torch.__version__
             records.append(rec)
@@ -347,5 +381,5 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":  # the per-measurement worker: one JSON argument, one JSON line out
-    print(json.dumps(measure(**json.loads(sys.argv[1]))))
+if __name__ == "__main__":  # the worker: a JSON list of jobs in, one JSON line of results out
+    print(json.dumps(_measure_jobs(json.loads(sys.argv[1]))))
