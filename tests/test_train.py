@@ -397,3 +397,10 @@ def test_checkpoint_killed_between_the_renames_is_found(
     save_checkpoint(tmp_path, "last", model, {"epoch": 3})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
     assert load_state(find_checkpoint(tmp_path, "last"))["epoch"] == 3
+
+
+def test_unknown_flags_get_suggestions(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--model", "mixer_s16_224", "--batch-sise", "3"])
+    assert exit_info.value.code == 2
+    assert "did you mean --batch-size?" in capsys.readouterr().err

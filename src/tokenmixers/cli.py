@@ -307,9 +307,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unknown_arguments(parser: argparse.ArgumentParser, command: str,
+                       unknown: list[str]) -> None:
+    """argparse's "unrecognized arguments" error, with the closest option names."""
+    import difflib
+
+    known = [*TRAIN_OPTIONS, "--config", "--resume", "--overwrite"] if command == "train" else []
+    hints = []
+    for arg in unknown:
+        flag = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, known, n=3, cutoff=0.6) if flag[:2] == "--" \
+            else []
+        hints.append(f"{arg}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    parser.error(f"{command}: unrecognized arguments: {'; '.join(hints)}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _unknown_arguments(parser, args.command, unknown)
     args.argv = argv
     try:
         return args.func(args)
