@@ -404,3 +404,28 @@ def test_unknown_flags_get_suggestions(capsys: pytest.CaptureFixture) -> None:
         main(["train", "--model", "mixer_s16_224", "--batch-sise", "3"])
     assert exit_info.value.code == 2
     assert "did you mean --batch-size?" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_a_real_process_exits_cleanly(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokenmixers", "train", *TINY, "--batch-size", "32",
+         "--epochs", "50", "--threads", "1", "--progress", "plain", "--log-interval", "5",
+         "--output", str(run)],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if " step " in line:  # training has started
+            break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, rest
+    assert "Traceback" not in rest
+    assert "interrupted at epoch 1" in rest and f"--resume {run}" in rest
+    state = load_state(run / "last")
+    assert state["epoch"] == 0 and 0 < state["update_in_epoch"] < 125
