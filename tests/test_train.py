@@ -312,6 +312,7 @@ def test_trains_on_an_image_folder_with_a_corrupt_file(tmp_path: Path) -> None:
     assert code == 0
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["data"].startswith("imagefolder:")
+    assert metrics(run)[0]["bad_images"] == 1  # counted
     from tokenmixers import load_model
 
     assert load_model(run / "last" / WEIGHTS).num_classes == 2

@@ -166,6 +166,16 @@ def model_overrides(cfg: TrainConfig, bundle: DataBundle) -> dict[str, Any]:
     return over
 
 
+def _bad_images(bundle: DataBundle) -> int:
+    """Unreadable files skipped so far by this process's image folders."""
+    seen: dict[int, int] = {}
+    for ds in (bundle.train, bundle.val):
+        inner = getattr(ds, "dataset", ds)  # a Subset of one folder
+        if hasattr(inner, "bad_files"):
+            seen[id(inner)] = len(inner.bad_files)
+    return sum(seen.values())
+
+
 class StopRequest:
     """SIGINT/SIGTERM set a flag the loop checks between steps (a second Ctrl-C aborts)."""
 
@@ -608,6 +618,10 @@ class _Trainer:
             epoch_time=train_time,
             elapsed=self.elapsed_before + time.perf_counter() - self.t_start,
         )
+        bad = _bad_images(self.bundle)
+        if bad:
+            record["bad_images"] = bad
+            self.log(f"skipped {bad} unreadable image(s) so far (the first was named above)")
         if not all(math.isfinite(v) for v in (val["loss"],)):
             self.log(f"warning: validation loss is {val['loss']} after epoch {epoch + 1}")
         self.epoch, self.update_in_epoch = epoch + 1, 0
