@@ -241,6 +241,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Modules under tokenmixers that add a command of the same name (``add_parser(sub)``).
+PLUGIN_COMMANDS = ("bench", "compare")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tokenmixers import __version__
 
@@ -304,6 +308,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int, help="input size (default: the model's)")
     p.add_argument("--json", metavar="PATH", help="also write JSON ('-': print JSON only)")
     p.set_defaults(func=cmd_predict)
+
+    # Commands that live in their own modules register themselves through add_parser(sub).
+    import importlib
+
+    for name in PLUGIN_COMMANDS:
+        if name in sub.choices:
+            continue
+        try:
+            module = importlib.import_module(f"tokenmixers.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"tokenmixers.{name}":
+                raise
+            continue
+        if hasattr(module, "add_parser"):
+            module.add_parser(sub)
     return parser
 
 
