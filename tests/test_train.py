@@ -430,3 +430,13 @@ def test_ctrl_c_in_a_real_process_exits_cleanly(tmp_path: Path) -> None:
     assert "interrupted at epoch 1" in rest and f"--resume {run}" in rest
     state = load_state(run / "last")
     assert state["epoch"] == 0 and 0 < state["update_in_epoch"] < 125
+
+
+def test_digits_with_worker_processes(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--model", "mixer_s16_224", "--model-kwargs", "patch_size=4",
+                 "embed_dim=16", "num_blocks=1", "--data", "digits", "--epochs", "1",
+                 "--limit-train", "256", "--workers", "1", "--output", str(run), *QUIET]) == 0
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["img_size"] == 8 and cfg["batch_size"] == 64  # the data's size, its recipe
+    assert metrics(run)[0]["top5"] > 0
