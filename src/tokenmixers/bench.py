@@ -366,8 +366,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         progress=lambda s: print(f"  measuring {s}", file=sys.stderr, flush=True),
     )
     print(format_table(records))
-    if records:
-        r = records[0]
+    measured = [r for r in records if "device" in r]
+    if measured:
+        r = measured[0]
         print(f"\nmatmul peak: {r['matmul_peak_gflops']:.0f} GFLOP/s ({r['device']}, "
               f"{r['threads']} threads, {args.amp or 'fp32'}); batch {args.batch_size}; "
               f"median of {args.repeats} runs after {args.warmup} warm-up; torch {r['torch']}")
