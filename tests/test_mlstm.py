@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tokenmixers.mixers.mlstm import (
+    _chunk_length,
     mlstm,
     mlstm_chunkwise,
     mlstm_kernels,
@@ -95,6 +96,13 @@ def test_forms_agree_float32(s: int) -> None:
     for name, form in FORMS.items():
         diff = (form(*inputs) - ref).abs().max().item()
         assert diff <= 1e-5, f"{name}: {diff:.2e}"
+
+
+def test_chunk_lengths_divide_or_pad() -> None:
+    # A divisor when there is one in [chunk/2, chunk] (ViL-T's 14x14, 28x28, 42x42 grids),
+    # else equal chunks and a padded tail: both paths run in the tests above (s = 23 pads).
+    assert [_chunk_length(s, 64) for s in (30, 196, 784, 1764)] == [30, 49, 56, 63]
+    assert _chunk_length(23, 16) == 12 and _chunk_length(23, 7) == 6  # 24 = 23 + 1 pad
 
 
 def test_chunkwise_is_unaffected_by_what_follows() -> None:
