@@ -20,9 +20,9 @@ Backends (all give the same values and gradients; tests pin them to each other):
   which the chunk boundaries carry exactly, so even the 1e-6 epsilon is reproduced.
 * ``recurrent``: one step per token (the oracle, and the form for streaming).
 * ``auto``: ``chunkwise`` when the sequence is longer than one chunk (S > ``chunk_size``,
-  64 by default), else ``parallel``. With one chunk the two do the same work; from two
-  chunks on, chunkwise is as fast or faster on CPU (measured with head dim 96, the ViL-T
-  layer: equal at S = 64..128, 1.8x at S = 196, 4x at S = 400; see ``docs/performance.md``).
+  64 by default), else ``parallel``. With one chunk the two do the same work; the cell
+  alone with ViL-T's shapes (2 threads) is about even at S = 65..128 and chunkwise wins
+  from there on (1.3-1.5x at 196, 3.5x at 400, 8x at 784; ``docs/performance.md``).
 * ``kernels``: the ``mlstm-kernels`` package (GPU Triton kernels), if it is installed.
 """
 
