@@ -2,16 +2,17 @@
 1764 tokens), batch 8, eval, 2 threads, with the mLSTM cell in its ``parallel`` (quadratic,
 the authors' form) and ``chunkwise`` (linear) backends.
 
-Method. Each resolution runs in a fresh subprocess that builds the model once and times
-the two backends alternately (chunkwise, parallel, chunkwise, ...), so drift on a shared
-machine hits both alike; the time is the best of the rounds (the least disturbed run) and
-the rounds stop after ``--rounds`` or once ``--budget`` seconds are spent (one forward of
-the parallel form at 672 takes minutes). Read the ratios, not the absolute times.
-Peak memory: before every timed forward the kernel's peak-RSS mark is reset
-(``echo 5 > /proc/self/clear_refs``); the peak is the rise of ``VmHWM`` over the RSS just
-before the forward, i.e. what the forward itself allocates. glibc's mmap threshold is
-pinned (``MALLOC_MMAP_THRESHOLD_``) so large buffers go back to the system after each
-forward and every measurement starts from the same RSS.
+Method. Time: each resolution runs in a fresh subprocess that builds the model once and
+times the two backends alternately (chunkwise, parallel, chunkwise, ...), so drift on a
+shared machine hits both alike; the time is the best of the rounds (the least disturbed
+run), and the rounds stop after ``--rounds`` or once ``--budget`` seconds are spent (one
+forward of the parallel form at 672 takes minutes). Read the ratios, not the absolute times.
+Memory: every (resolution, backend) runs one forward in a fresh subprocess of its own, with
+glibc's mmap threshold pinned (``MALLOC_MMAP_THRESHOLD_``) so large buffers are mapped and
+unmapped rather than kept in the heap; just before the forward the kernel's peak-RSS mark is
+reset (``echo 5 > /proc/self/clear_refs``), and the peak is the rise of ``VmHWM`` over the
+RSS at that moment: what the forward itself allocates. (The pinned threshold costs page
+faults, which is why the timing runs use the default allocator settings.)
 
     python benchmarks/vil_scaling.py [--sizes 224,448,672] [--threads 2] [--rounds 5]
     python benchmarks/vil_scaling.py --cell   # the cell alone against S: the "auto" rule
@@ -37,19 +38,25 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def worker(size: int, batch: int, threads: int, rounds: int, budget: float) -> dict:
+def _model_and_input(size: int, batch: int, threads: int, backend: str = "auto"):
     import torch
 
     import tokenmixers
-    from tokenmixers.mixers.mlstm import set_mlstm_backend
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = tokenmixers.create_model("vil_tiny", img_size=size).eval()
-    x = torch.randn(batch, 3, size, size)
+    model = tokenmixers.create_model("vil_tiny", img_size=size, backend=backend).eval()
+    return model, torch.randn(batch, 3, size, size)
+
+
+def time_worker(size: int, batch: int, threads: int, rounds: int, budget: float) -> dict:
+    import torch
+
+    from tokenmixers.mixers.mlstm import set_mlstm_backend
+
+    model, x = _model_and_input(size, batch, threads)
     backends = ("chunkwise", "parallel")
     times: dict[str, list[float]] = {b: [] for b in backends}
-    peak_mb = dict.fromkeys(backends, 0.0)
     with torch.inference_mode():
         for backend in backends:  # warm-up: first-call allocations, thread pool
             set_mlstm_backend(model, backend)
@@ -60,26 +67,42 @@ def worker(size: int, batch: int, threads: int, rounds: int, budget: float) -> d
         ):
             for backend in backends:
                 set_mlstm_backend(model, backend)
-                Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
-                rss = _status_kb("VmRSS")
                 t0 = time.perf_counter()
                 model(x)
                 times[backend].append(time.perf_counter() - t0)
-                peak_mb[backend] = max(peak_mb[backend], (_status_kb("VmHWM") - rss) / 1024)
     grid = model.patch_embed.grid_size((size, size))
-    return {
-        "size": size, "tokens": grid[0] * grid[1], "rounds": len(times["parallel"]),
-        "seconds": {b: min(t) for b, t in times.items()}, "peak_mb": peak_mb,
-    }
+    return {"tokens": grid[0] * grid[1], "rounds": len(times["parallel"]),
+            "seconds": {b: min(t) for b, t in times.items()}}
+
+
+def memory_worker(size: int, batch: int, threads: int, backend: str) -> dict:
+    import torch
+
+    model, x = _model_and_input(size, batch, threads, backend)
+    with torch.inference_mode():
+        model(x[:1])
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+        rss = _status_kb("VmRSS")
+        model(x)
+        return {"peak_mb": (_status_kb("VmHWM") - rss) / 1024}
+
+
+def _run(args: argparse.Namespace, job: str, env: dict[str, str] | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", job, "--batch", str(args.batch),
+           "--threads", str(args.threads), "--rounds", str(args.rounds),
+           "--budget", str(args.budget)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                         env={**os.environ, **(env or {})}).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def measure(args: argparse.Namespace, size: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", str(size), "--batch", str(args.batch),
-           "--threads", str(args.threads), "--rounds", str(args.rounds),
-           "--budget", str(args.budget)]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    result = _run(args, f"time,{size}")
+    pinned = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+    result["peak_mb"] = {
+        b: _run(args, f"memory,{size},{b}", pinned)["peak_mb"] for b in ("chunkwise", "parallel")
+    }
+    return result
 
 
 def cell_table(threads: int, rounds: int) -> None:
@@ -130,8 +153,12 @@ def main() -> None:
         cell_table(args.threads, args.rounds)
         return
     if args.worker:
-        print(json.dumps(worker(int(args.worker), args.batch, args.threads, args.rounds,
-                                args.budget)))
+        kind, size, *rest = args.worker.split(",")
+        if kind == "time":
+            result = time_worker(int(size), args.batch, args.threads, args.rounds, args.budget)
+        else:
+            result = memory_worker(int(size), args.batch, args.threads, rest[0])
+        print(json.dumps(result))
         return
 
     import torch
