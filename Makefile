@@ -21,8 +21,10 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest
 
+# The main job: train, evaluate and benchmark one small model per token mixer on the
+# built-in mnist5k digits, then write runs/compare-mnist5k-native-small/report.{md,html}.
 demo: $(STAMP)
-	$(VENV)/bin/tokenmixers demo
+	$(VENV)/bin/tokenmixers compare --data mnist5k
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -10,8 +10,9 @@ Skeletons (``--skeleton``):
   widths, depths and channel MLPs (``tokenmixers.families.generic``), so only the token
   mixer differs.
 
-Budgets (``--budget``): ``small`` keeps every model around 0.2-0.5 M parameters (the whole
-run fits in minutes on a 2-core CPU); ``paper`` uses the paper models.
+Budgets (``--budget``): ``small`` keeps every model around 0.2-0.5 M parameters and trains
+:data:`SMALL_EPOCHS` epochs unless told otherwise, so the whole run fits in about ten
+minutes on a 2-core CPU; ``paper`` uses the paper models and the data's full recipe.
 """
 
 from __future__ import annotations
@@ -59,10 +60,13 @@ FAMILIES: dict[str, FamilyChoice] = {
         "paper": ("sequencer2d_s", {}),
     }),
     "vil": FamilyChoice("Vision-LSTM", "mlstm", {
-        "small": ("vil_tiny", {"patch_size": 4, "dim": 96, "depth": 6}),
+        "small": ("vil_tiny", {"patch_size": 4, "dim": 96, "depth": 4}),
         "paper": ("vil_tiny", {}),
     }),
 }
+
+#: Default epochs of the small budget (the paper budget uses the data's recipe).
+SMALL_EPOCHS = 5
 
 #: The shared skeletons of the controlled experiment, per budget.
 SKELETONS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
@@ -130,6 +134,12 @@ def _check(cfg: CompareConfig) -> None:
         )
 
 
+def _epochs(cfg: CompareConfig) -> int | None:
+    if cfg.epochs is not None:
+        return cfg.epochs
+    return SMALL_EPOCHS if cfg.budget == "small" else None
+
+
 def default_sizes(train_size: int, budget: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Evaluation sizes (below, at and above the training size, on a grid of 4 pixels so
     patch-4 and stride-4 models take them) and benchmark sizes (x1, x2, x4)."""
@@ -164,7 +174,7 @@ def run_family(cfg: CompareConfig, family: str, out: Path) -> dict[str, Any]:
         "model": name, "model_kwargs": overrides, "data": cfg.data, "output": str(run_dir),
         "seed": cfg.seed, "data_dir": cfg.data_dir, "download": cfg.download,
         "progress": cfg.progress, "amp": cfg.amp, "threads": cfg.threads,
-        **{k: v for k, v in (("epochs", cfg.epochs), ("img_size", cfg.img_size),
+        **{k: v for k, v in (("epochs", _epochs(cfg)), ("img_size", cfg.img_size),
                              ("batch_size", cfg.batch_size), ("limit_train", cfg.limit_train),
                              ("limit_val", cfg.limit_val)) if v is not None},
         **cfg.extra,
@@ -261,7 +271,8 @@ def add_parser(sub: Any) -> None:
                    help=f"families, comma-separated (default: {','.join(FAMILIES)})")
     p.add_argument("--budget", choices=("small", "paper"), default="small")
     p.add_argument("--skeleton", choices=("native", *SKELETONS), default="native")
-    p.add_argument("--epochs", type=int, default=None, help="default: the data's recipe")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"default: {SMALL_EPOCHS} for --budget small, the data's recipe for paper")
     p.add_argument("--img-size", type=int, default=None, help="training size (default: data's)")
     p.add_argument("--eval-sizes", default=None, help="e.g. 20,28,36 (default: around train)")
     p.add_argument("--bench-sizes", default=None, help="e.g. 28,56,112 (default: x1, x2, x4)")
