@@ -74,7 +74,7 @@ def _plots(records: Sequence[dict[str, Any]], out: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
 
     def plain_ticks(axis: Any, values: Sequence[float] | None = None) -> None:
         # log axes label 3x10^1; people read 28, 56, 112
@@ -119,6 +119,7 @@ def _plots(records: Sequence[dict[str, Any]], out: Path) -> list[str]:
             xs, ys = zip(*sorted(pts))
             ax.plot(xs, ys, marker="o", color=colors[r["family"]], label=r["label"])
     ax.axvline(records[0]["train_size"], color="grey", ls=":", lw=1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("test resolution (pixels; dotted: training resolution)")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(PLOTS["accuracy_vs_resolution.png"])
@@ -184,6 +185,7 @@ def _plots(records: Sequence[dict[str, Any]], out: Path) -> list[str]:
     ax1.set_ylabel("test top-1 (%)")
     ax2.set_ylabel("training loss (label-smoothed cross-entropy)")
     for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
