@@ -115,54 +115,63 @@ def mlstm_chunkwise(
 ) -> torch.Tensor:
     """Linear in S: parallel attention inside chunks of at most ``chunk_size`` tokens, a
     matrix state between them. Any S: the sequence is cut into equal chunks, the last
-    padded at the end if needed (causality keeps the padding out of every real output)."""
+    padded at the end if needed (causality keeps the padding out of every real output).
+
+    The denominator rides along with the numerator: ``v`` gets a column of ones and each
+    state ``[C | n]`` one more column, so one product per chunk gives both. Every chunk reads
+    a state (chunk 0's is empty, with weight 0), so no tensor is sliced by chunk."""
     b, nh, s, d = q.shape
     size = _chunk_length(s, chunk_size)
     num_chunks = math.ceil(s / size)
-    pad = num_chunks * size - s
-    if pad:
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-        igate, fgate = F.pad(igate, (0, pad)), F.pad(fgate, (0, pad))
-    # Every term below has one q and one k, so the 1/√d goes on q.
-    q = (q * d**-0.5).reshape(b, nh, num_chunks, size, d).contiguous()
-    k, v = (t.reshape(b, nh, num_chunks, size, d).contiguous() for t in (k, v))
-    ig = igate.reshape(b, nh, num_chunks, size)
-    cum = F.logsigmoid(fgate).reshape(b, nh, num_chunks, size).cumsum(-1)  # within a chunk
+    padded = num_chunks * size
+    if padded > s:
+        q, k = (F.pad(t, (0, 0, 0, padded - s)) for t in (q, k))
+        igate, fgate = F.pad(igate, (0, padded - s)), F.pad(fgate, (0, padded - s))
+    shape = (b, nh, num_chunks, size)
+    q, k = (t.reshape(*shape, d).contiguous() for t in (q, k))
+    v_aug = q.new_zeros(b, nh, padded, d + 1)  # [v | 1], padding rows all zero
+    v_aug[:, :, :s, :d] = v
+    v_aug[:, :, :s, d] = 1.0
+    v_aug = v_aug.view(*shape, d + 1)
+    ig = igate.reshape(shape)
+    cum = F.logsigmoid(fgate).reshape(shape).cumsum(-1)  # F_t within a chunk
+    # 1/√d is applied to every q·k term through the log weights (exp(log w + log_scale)).
+    log_scale = -0.5 * math.log(d)
     neg_inf = float("-inf")
 
-    log_intra = cum[..., :, None] - cum[..., None, :] + ig[..., None, :]  # [B, NH, C, L, L]
-    log_intra = log_intra.masked_fill(~_causal_mask(size, q.device), neg_inf)
-    m = log_intra.amax(-1)  # [B, NH, C, L]; chunk 0 has no earlier state
-    if num_chunks > 1:
-        # Chunks 0..C-2 write the states that chunks 1..C-1 read. Each chunk's contribution
-        # is stabilised by its largest log weight g at the chunk's end.
-        head = slice(None, -1)
-        to_end = cum[:, :, head, -1:] - cum[:, :, head] + ig[:, :, head]
-        g = to_end.amax(-1)  # [B, NH, C-1]
-        kw = k[:, :, head] * torch.exp(to_end - g[..., None])[..., None]
-        chunk_c = (kw.transpose(-2, -1) @ v[:, :, head]).flatten(-2)  # [B, NH, C-1, d*d]
-        chunk_n = kw.sum(-2)
-        # The state at the end of chunk a sums chunks c <= a, decayed to the end of a. The
-        # number of chunks is small: one [C-1, C-1] matrix product, not a Python loop.
-        total = cum[:, :, head, -1].cumsum(-1)
-        log_w = total[..., :, None] - total[..., None, :] + g[..., None, :]
-        log_w = log_w.masked_fill(~_causal_mask(num_chunks - 1, q.device), neg_inf)
-        prev_m = log_w.amax(-1)  # the running maximum m at the end of chunk a
-        w = torch.exp(log_w - prev_m[..., None])
-        prev_c = (w @ chunk_c).unflatten(-1, (d, d))
-        prev_n = w @ chunk_n
-        log_inter = cum[:, :, 1:] + prev_m[..., None]  # [B, NH, C-1, L]
-        m = torch.cat([m[:, :, :1], torch.maximum(log_inter, m[:, :, 1:])], dim=2)
-    scores = (q @ k.transpose(-2, -1)) * torch.exp(log_intra - m[..., None])
-    num = scores @ v
-    den = scores.sum(-1)
-    if num_chunks > 1:
-        inter = torch.exp(log_inter - m[:, :, 1:])
-        q_rest = q[:, :, 1:]
-        num[:, :, 1:] += inter[..., None] * (q_rest @ prev_c)
-        den[:, :, 1:] += inter * (q_rest @ prev_n[..., None]).squeeze(-1)
+    # log D_ts = F_t − F_s + ĩ_s = cum_t + rest_s (s ≤ t), so m_t = cum_t + cummax(rest)_t.
+    rest = ig - cum
+    m = cum + rest.cummax(-1).values  # [B, NH, C, L] within the chunk
+    # Chunk c's own contribution to later states, stabilised by its largest log weight g:
+    # log weight of token s at the chunk's end: cum_end − cum_s + ĩ_s = cum_end + rest_s.
+    g = cum[..., -1] + rest.amax(-1)  # [B, NH, C]
+    kw = k * torch.exp(cum[..., -1:] + rest - g[..., None] + log_scale)[..., None]
+    chunk_state = kw.transpose(-2, -1) @ v_aug  # [B, NH, C, d, d+1] = [C_c | n_c]
+    # The state entering chunk a sums chunks c < a decayed to the start of a: weight
+    # exp(T_{a−1} − T_c + g_c) with T the cumulative chunk-end F. One [C, C] product.
+    total = cum[..., -1].cumsum(-1)
+    before = F.pad(total[..., :-1], (1, 0))  # T_{a−1}, 0 for a = 0 (no state there)
+    log_w = before[..., :, None] - total[..., None, :] + g[..., None, :]
+    log_w = log_w.masked_fill(~_causal_mask(num_chunks, q.device, strict=True), neg_inf)
+    prev_m = log_w.amax(-1)  # m at the end of chunk a−1; −inf for a = 0
+    first = torch.zeros_like(prev_m, dtype=torch.bool)
+    first[..., 0] = True
+    w = torch.exp(log_w - prev_m.masked_fill(first, 0.0)[..., None])  # row 0 all zero
+    prev_state = (w @ chunk_state.flatten(-2)).view(b, nh, num_chunks, d, d + 1)
+    log_inter = cum + prev_m[..., None]  # [B, NH, C, L]; −inf in chunk 0
+    m = torch.maximum(m, log_inter)
+
+    # Intra-chunk weights exp(log D_ts − m_t) = exp((cum_t − m_t) + rest_s), s ≤ t.
+    log_d = (cum - m + log_scale)[..., :, None] + rest[..., None, :]
+    log_d = log_d.masked_fill(~_causal_mask(size, q.device), neg_inf)
+    scores = (q @ k.transpose(-2, -1)) * torch.exp(log_d)
+    q_inter = q * torch.exp(log_inter - m)[..., None]
+    out = torch.baddbmm(
+        (scores @ v_aug).flatten(0, 2), q_inter.flatten(0, 2), prev_state.flatten(0, 2)
+    ).view(*shape, d + 1)
+    num, den = out[..., :d], out[..., d]
     h = num / (torch.maximum(den.abs(), torch.exp(-m)) + eps)[..., None]
-    return h.reshape(b, nh, num_chunks * size, d)[:, :, :s]
+    return h.reshape(b, nh, padded, d)[:, :, :s]
 
 
 def mlstm_kernels(
@@ -236,6 +245,13 @@ class HeadNorm(nn.Module):
         x = x * (1 + self.weight)
         return x + self.bias if self.bias is not None else x
 
+    def heads_first(self, x: torch.Tensor) -> torch.Tensor:
+        """The same on heads-first ``[B, NH, S, d]``, which it keeps (no transposing copy):
+        ``[B, NH, S, d] -> [B, NH, S, d]``; ``.transpose(1, 2)`` views it as ``forward``'s."""
+        nh, d = x.shape[1], x.shape[-1]
+        x = F.layer_norm(x, (d,), eps=self.eps) * (1 + self.weight).view(nh, 1, d)
+        return x + self.bias.view(nh, 1, d) if self.bias is not None else x
+
 
 class BlockDiagonalLinear(nn.Module):
     """``y_g = W[g] @ x_g`` on consecutive groups of ``block_size`` channels; ``weight`` is
@@ -258,15 +274,42 @@ def block_diagonal(x: torch.Tensor, *maps: BlockDiagonalLinear) -> list[torch.Te
     """Apply block-diagonal maps with the same grouping to one input, in one batched product
     per group (``[G, N, in] @ [G, in, k*out]``): on CPU about 3x faster than an einsum, and
     ``x`` is regrouped once for all ``k`` maps."""
+    return [y.reshape(x.shape) for y in _block_diagonal_groups(x, maps)]
+
+
+def _block_diagonal_groups(
+    x: torch.Tensor, maps: Sequence[BlockDiagonalLinear]
+) -> list[torch.Tensor]:
+    """``block_diagonal`` before the reshape: each result as ``[N, G, out]`` (strided)."""
     num_groups, out, width = maps[0].weight.shape
     weight = torch.cat([m.weight for m in maps], dim=1) if len(maps) > 1 else maps[0].weight
     groups = x.reshape(-1, num_groups, width).transpose(0, 1)
     y = torch.bmm(groups, weight.transpose(1, 2)).transpose(0, 1)  # [N, G, k*out]
     outs = []
     for i, m in enumerate(maps):
-        yi = y[..., i * out : (i + 1) * out].reshape(x.shape)
-        outs.append(yi + m.bias if m.bias is not None else yi)
+        yi = y[..., i * out : (i + 1) * out]
+        outs.append(yi + m.bias.view(num_groups, out) if m.bias is not None else yi)
     return outs
+
+
+def block_diagonal_heads(
+    x: torch.Tensor, num_heads: int, *maps: BlockDiagonalLinear
+) -> list[torch.Tensor]:
+    """``block_diagonal`` on ``[B, S, C]`` with each result written once, straight into the
+    heads-first layout ``[B, NH, S, C / NH]`` (contiguous) that the cell wants."""
+    b, s, c = x.shape
+    outs = []
+    for y in _block_diagonal_groups(x, maps):
+        y = y.reshape(b, s, num_heads, -1, y.shape[-1]).permute(0, 2, 1, 3, 4)
+        outs.append(y.reshape(b, num_heads, s, c // num_heads))
+    return outs
+
+
+def _block_diagonal_dense(weight: torch.Tensor, m: BlockDiagonalLinear) -> torch.Tensor:
+    """``weight @ blockdiag(m)`` for a dense ``weight`` ``[out, C]``: the composite map."""
+    num_groups, out = m.weight.shape[:2]
+    w = weight.reshape(-1, num_groups, out)
+    return torch.einsum("jgo,goi->jgi", w, m.weight).reshape(weight.shape[0], -1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -397,9 +440,14 @@ class MLSTMMixer(nn.Module):
     ) -> torch.Tensor:
         """Depthwise convolution over ``[B, S, E]`` tokens in scan order."""
         if self.conv_kind == "causal1d":
-            y = x.transpose(1, 2)
-            y = F.pad(y, (self.conv.kernel_size[0] - 1, 0))
-            return self.conv(y).transpose(1, 2)
+            # y_t = b + Σ_j w_j x_{t−K+1+j}: K shifted multiply-adds in the [B, S, E] layout
+            # (no transposes, no padded copy).
+            w = self.conv.weight[:, 0]  # [E, K]
+            ks = w.shape[1]
+            y = torch.addcmul(self.conv.bias, x, w[:, -1])
+            for shift in range(1, min(ks, x.shape[1])):
+                y[:, shift:].addcmul_(x[:, :-shift], w[:, ks - 1 - shift])
+            return y
         b, _, e = x.shape
         pre = x[:, prefix_at : prefix_at + prefix]
         tokens = torch.cat([x[:, :prefix_at], x[:, prefix_at + prefix :]], 1) if prefix else x
@@ -417,15 +465,22 @@ class MLSTMMixer(nn.Module):
         """``[B, S, E]`` in scan order -> ``norm(h̃) + skip ⊙ x_c``, same order."""
         b, s, _ = x_m.shape
         x_c = F.silu(self._conv(x_m, grid, prefix_at, prefix))
-        (q, k), v = block_diagonal(x_c, self.q_proj, self.k_proj), self.v_proj(x_m)
-        # igate(cat(q, k, v)) and fgate(...) as one product per input, without the concat.
+        # q, k, v straight into the cell's [B, NH, S, d]. The gates see cat(q, k, v) through
+        # the composite maps gate ∘ blockdiag: two products on x_c and x_m, not three.
+        q, k = block_diagonal_heads(x_c, self.num_heads, self.q_proj, self.k_proj)
+        (v,) = block_diagonal_heads(x_m, self.num_heads, self.v_proj)
         w = torch.cat([self.igate.weight, self.fgate.weight]).split(self.inner, dim=1)
         bias = torch.cat([self.igate.bias, self.fgate.bias])
-        gates = F.linear(q, w[0]) + F.linear(k, w[1]) + F.linear(v, w[2], bias)
+        for lin, part in ((self.q_proj, w[0]), (self.k_proj, w[1]), (self.v_proj, w[2])):
+            if lin.bias is not None:
+                bias = bias + part @ lin.bias
+        w_c = _block_diagonal_dense(w[0], self.q_proj) + _block_diagonal_dense(w[1], self.k_proj)
+        gates = F.linear(x_c, w_c) + F.linear(x_m, _block_diagonal_dense(w[2], self.v_proj), bias)
         ig, fg = gates.transpose(1, 2).split(self.num_heads, dim=1)  # [B, NH, S] each
-        heads = [t.reshape(b, s, self.num_heads, -1).transpose(1, 2) for t in (q, k, v)]
-        h = mlstm(*heads, ig, fg, backend=self.backend, chunk_size=self.chunk_size)
-        return self.outnorm(h.transpose(1, 2)) + self.skip * x_c
+        h = mlstm(q, k, v, ig, fg, backend=self.backend, chunk_size=self.chunk_size)
+        out = self.skip * x_c
+        out.view(b, s, self.num_heads, -1).add_(self.outnorm.heads_first(h).transpose(1, 2))
+        return out
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         n = x.shape[1]
