@@ -162,13 +162,14 @@ def mlstm_chunkwise(
     m = torch.maximum(m, log_inter)
 
     # Intra-chunk weights exp(log D_ts − m_t) = exp((cum_t − m_t) + rest_s), s ≤ t.
-    log_d = (cum - m + log_scale)[..., :, None] + rest[..., None, :]
-    log_d = log_d.masked_fill(~_causal_mask(size, q.device), neg_inf)
-    scores = (q @ k.transpose(-2, -1)) * torch.exp(log_d)
+    # (The in-place ops below act on fresh tensors whose old values no backward needs.)
+    weight = (cum - m + log_scale)[..., :, None] + rest[..., None, :]
+    weight = weight.masked_fill_(~_causal_mask(size, q.device), neg_inf).exp_()
+    scores = q @ k.transpose(-2, -1)
+    scores = scores.mul_(weight) if not torch.is_grad_enabled() else scores * weight
     q_inter = q * torch.exp(log_inter - m)[..., None]
-    out = torch.baddbmm(
-        (scores @ v_aug).flatten(0, 2), q_inter.flatten(0, 2), prev_state.flatten(0, 2)
-    ).view(*shape, d + 1)
+    out = (scores @ v_aug).flatten(0, 2).baddbmm_(q_inter.flatten(0, 2), prev_state.flatten(0, 2))
+    out = out.view(*shape, d + 1)
     num, den = out[..., :d], out[..., d]
     h = num / (torch.maximum(den.abs(), torch.exp(-m)) + eps)[..., None]
     return h.reshape(b, nh, padded, d)[:, :, :s]
@@ -270,26 +271,44 @@ class BlockDiagonalLinear(nn.Module):
         return block_diagonal(x, self)[0]
 
 
+#: Block-diagonal maps are applied ``MERGED_SPAN`` channels at a time (``span / block``
+#: blocks as one block-diagonal ``[span, span]`` matrix): ``[N, span]`` slices read whole
+#: cache lines, about 2x faster on CPU than one product per 4-channel block, and the
+#: zeros add exactly nothing.
+MERGED_SPAN = 16
+
+
 def block_diagonal(x: torch.Tensor, *maps: BlockDiagonalLinear) -> list[torch.Tensor]:
     """Apply block-diagonal maps with the same grouping to one input, in one batched product
-    per group (``[G, N, in] @ [G, in, k*out]``): on CPU about 3x faster than an einsum, and
-    ``x`` is regrouped once for all ``k`` maps."""
-    return [y.reshape(x.shape) for y in _block_diagonal_groups(x, maps)]
+    (``[G, N, span] @ [G, span, k*span]``, ``x`` regrouped once for all ``k`` maps)."""
+    y = _block_diagonal_products(x, maps, x.shape[-1])
+    return [y[..., i, :].reshape(x.shape) for i in range(len(maps))]
 
 
-def _block_diagonal_groups(
-    x: torch.Tensor, maps: Sequence[BlockDiagonalLinear]
-) -> list[torch.Tensor]:
-    """``block_diagonal`` before the reshape: each result as ``[N, G, out]`` (strided)."""
-    num_groups, out, width = maps[0].weight.shape
-    weight = torch.cat([m.weight for m in maps], dim=1) if len(maps) > 1 else maps[0].weight
-    groups = x.reshape(-1, num_groups, width).transpose(0, 1)
-    y = torch.bmm(groups, weight.transpose(1, 2)).transpose(0, 1)  # [N, G, k*out]
-    outs = []
-    for i, m in enumerate(maps):
-        yi = y[..., i * out : (i + 1) * out]
-        outs.append(yi + m.bias.view(num_groups, out) if m.bias is not None else yi)
-    return outs
+def _block_diagonal_products(
+    x: torch.Tensor, maps: Sequence[BlockDiagonalLinear], period: int
+) -> torch.Tensor:
+    """``[..., C] -> [N, G, k, span]`` (a strided view): map i's output for channel group g,
+    in groups of ``span`` channels that never straddle a multiple of ``period``."""
+    num_blocks, size = maps[0].weight.shape[:2]
+    span = MERGED_SPAN if MERGED_SPAN % size == 0 and period % MERGED_SPAN == 0 else size
+    r = span // size
+    num_groups = num_blocks // r
+    eye = torch.eye(r, dtype=x.dtype, device=x.device)
+    weights = []
+    for m in maps:  # [G, r, out, in] -> block-diagonal [G, r*out, r*in]
+        w = m.weight.reshape(num_groups, r, size, size)
+        weights.append(torch.einsum("gjoi,jl->gjoli", w, eye).reshape(num_groups, span, span))
+    weight = torch.cat(weights, dim=1) if len(maps) > 1 else weights[0]
+    groups = x.reshape(-1, num_groups, span).transpose(0, 1)
+    y = torch.bmm(groups, weight.transpose(1, 2)).transpose(0, 1)  # [N, G, k*span]
+    y = y.unflatten(-1, (len(maps), span))
+    if any(m.bias is not None for m in maps):
+        bias = torch.stack([
+            m.bias if m.bias is not None else x.new_zeros(x.shape[-1]) for m in maps
+        ]).view(len(maps), num_groups, span).transpose(0, 1)
+        y = y + bias
+    return y
 
 
 def block_diagonal_heads(
@@ -298,11 +317,12 @@ def block_diagonal_heads(
     """``block_diagonal`` on ``[B, S, C]`` with each result written once, straight into the
     heads-first layout ``[B, NH, S, C / NH]`` (contiguous) that the cell wants."""
     b, s, c = x.shape
-    outs = []
-    for y in _block_diagonal_groups(x, maps):
-        y = y.reshape(b, s, num_heads, -1, y.shape[-1]).permute(0, 2, 1, 3, 4)
-        outs.append(y.reshape(b, num_heads, s, c // num_heads))
-    return outs
+    y = _block_diagonal_products(x, maps, c // num_heads)
+    y = y.reshape(b, s, num_heads, -1, len(maps), y.shape[-1])
+    return [
+        y[..., i, :].permute(0, 2, 1, 3, 4).reshape(b, num_heads, s, c // num_heads)
+        for i in range(len(maps))
+    ]
 
 
 def _block_diagonal_dense(weight: torch.Tensor, m: BlockDiagonalLinear) -> torch.Tensor:
@@ -440,14 +460,13 @@ class MLSTMMixer(nn.Module):
     ) -> torch.Tensor:
         """Depthwise convolution over ``[B, S, E]`` tokens in scan order."""
         if self.conv_kind == "causal1d":
-            # y_t = b + Σ_j w_j x_{t−K+1+j}: K shifted multiply-adds in the [B, S, E] layout
-            # (no transposes, no padded copy).
-            w = self.conv.weight[:, 0]  # [E, K]
-            ks = w.shape[1]
-            y = torch.addcmul(self.conv.bias, x, w[:, -1])
-            for shift in range(1, min(ks, x.shape[1])):
-                y[:, shift:].addcmul_(x[:, :-shift], w[:, ks - 1 - shift])
-            return y
+            # As a 1xS image in channels-last layout, i.e. [B, S, E] as it is: no transposing
+            # copies; zeros padded at both ends and the last K−1 outputs dropped (causal).
+            s, ks = x.shape[1], self.conv.kernel_size[0]
+            image = x.transpose(1, 2).unsqueeze(2)
+            y = F.conv2d(image, self.conv.weight.unsqueeze(2), self.conv.bias,
+                         padding=(0, ks - 1), groups=self.conv.groups)
+            return y[..., :s].squeeze(2).transpose(1, 2)
         b, _, e = x.shape
         pre = x[:, prefix_at : prefix_at + prefix]
         tokens = torch.cat([x[:, :prefix_at], x[:, prefix_at + prefix :]], 1) if prefix else x
