@@ -129,9 +129,10 @@ def mlstm_chunkwise(
         igate, fgate = F.pad(igate, (0, padded - s)), F.pad(fgate, (0, padded - s))
     shape = (b, nh, num_chunks, size)
     q, k = (t.reshape(*shape, d).contiguous() for t in (q, k))
-    v_aug = q.new_zeros(b, nh, padded, d + 1)  # [v | 1], padding rows all zero
+    v_aug = q.new_empty(b, nh, padded, d + 1)  # [v | 1], padding rows all zero
     v_aug[:, :, :s, :d] = v
     v_aug[:, :, :s, d] = 1.0
+    v_aug[:, :, s:] = 0.0
     v_aug = v_aug.view(*shape, d + 1)
     ig = igate.reshape(shape)
     cum = F.logsigmoid(fgate).reshape(shape).cumsum(-1)  # F_t within a chunk
@@ -173,7 +174,7 @@ def mlstm_chunkwise(
     out = (scores @ v_aug).flatten(0, 2).baddbmm_(q_inter.flatten(0, 2), prev_state)
     out = out.view(*shape, d + 1)
     num, den = out[..., :d], out[..., d]
-    h = num / (torch.maximum(den.abs(), torch.exp(-m)) + eps)[..., None]
+    h = num * (1 / (torch.maximum(den.abs(), torch.exp(-m)) + eps))[..., None]  # mul < div
     return h.reshape(b, nh, padded, d)[:, :, :s]
 
 
