@@ -57,6 +57,26 @@ def test_lstm2d_closed_form(union: str, bidirectional: bool, rnn_type: str, gate
         assert counter.get_total_flops() // 2 == pixels * fc_in * c
 
 
+@pytest.mark.parametrize("backend", ["parallel", "chunkwise", "recurrent"])
+@pytest.mark.parametrize("conv", ["causal1d", "2d"])
+def test_mlstm_closed_form(backend: str, conv: str) -> None:
+    dim, grid, heads, chunk = 16, (6, 5), 4, 8  # S = 30: chunks of 6 (a divisor), C = 5
+    mixer = create_mixer("mlstm", dim, grid=grid, backend=backend, conv=conv, chunk_size=chunk)
+    e, s, d = 2 * dim, 30, 2 * dim // heads
+    kernel = 4 if conv == "causal1d" else 9
+    shared = s * (dim * 2 * e + e * dim)  # proj_up, proj_down
+    per_scan = s * (e * kernel + 3 * e * 4 + 2 * 3 * e * heads)  # conv, q/k/v 4x4 blocks, gates
+    cell = {
+        "parallel": 2 * s * s * d,
+        "chunkwise": 2 * 5 * 6 * 6 * d + 2 * s * d * (d + 1) + 5 * 5 * d * (d + 1),
+        "recurrent": 2 * s * d * (d + 1),
+    }[backend]
+    assert mixer.macs(grid, 0) == shared + per_scan + heads * cell
+    both_ways = create_mixer("mlstm", dim, grid=grid, backend=backend, conv=conv,
+                             chunk_size=chunk, traversals=("row", "row_reversed"))
+    assert both_ways.macs(grid, 0) == shared + 2 * (per_scan + heads * cell)
+
+
 def test_shift_costs_nothing() -> None:
     mixer = create_mixer("shift", 24, grid=(4, 4), n_div=12)
     assert mixer.macs((4, 4), 0) == 0

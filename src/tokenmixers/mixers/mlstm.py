@@ -527,6 +527,39 @@ class MLSTMMixer(nn.Module):
             out = out / len(self.traversals)
         return self.proj_down(out * F.silu(z))
 
+    def macs(self, grid: tuple[int, int], num_prefix_tokens: int = 0) -> int:
+        """Multiply-accumulates per image of the layer as defined, with the cell in the form
+        its backend runs (``auto`` resolved for this sequence length).
+
+        Per token: ``proj_up`` D·2E and ``proj_down`` E·D; per token and scan order: the
+        depthwise conv E·k, the block-diagonal q, k, v maps 3·E·b and the gates 2·3E·NH.
+        The cell, per head and scan order, with d = E/NH: ``parallel`` 2·S²·d (QKᵀ and the
+        weighted sum over every pair, as that form computes them); ``chunkwise`` with C
+        chunks of L tokens 2·C·L²·d inside chunks, plus, when C > 1, 2·C·L·d·(d+1) to write
+        and read the ``[d, d+1]`` states (numerator and normaliser) and C²·d·(d+1) to
+        combine them; ``recurrent`` 2·S·d·(d+1) (state update and read-out)."""
+        s = num_prefix_tokens + grid[0] * grid[1]
+        dim, e, nh = self.proj_up.in_features, self.inner, self.num_heads
+        d = e // nh
+        per_token = dim * 2 * e + e * dim
+        per_scan_token = (
+            e * self.conv.weight[0].numel() + 3 * e * self.q_proj.block_size + 2 * 3 * e * nh
+        )
+        backend = self.backend
+        if backend == "auto":
+            backend = "chunkwise" if s > self.chunk_size else "parallel"
+        if backend == "recurrent":
+            cell = 2 * s * d * (d + 1)
+        elif backend in ("chunkwise", "kernels"):
+            size = _chunk_length(s, self.chunk_size)
+            chunks = math.ceil(s / size)
+            cell = 2 * chunks * size * size * d
+            if chunks > 1:
+                cell += 2 * chunks * size * d * (d + 1) + chunks * chunks * d * (d + 1)
+        else:
+            cell = 2 * s * s * d
+        return s * per_token + len(self.traversals) * (s * per_scan_token + nh * cell)
+
     def extra_repr(self) -> str:
         return (
             f"heads={self.num_heads}, conv={self.conv_kind}, traversals={self.traversals}, "
