@@ -1,8 +1,9 @@
 """Ours against timm, same math, same process: img/s of inference and of a training step
 for ViT-S/16, Mixer-S/16 and Sequencer2D-S at 224 (batch 8, 2 threads by default).
 
-The two implementations are timed interleaved (A B A B ...) so drift on a shared,
-noisy machine hits both alike; the ratio ours/timm is what to read (>= 1.0: no slower).
+The two implementations are timed interleaved (A B, B A, A B, ...) so drift on a shared,
+noisy machine hits both alike and neither always runs second; the ratio ours/timm is what
+to read (>= 1.0: no slower).
 
     python benchmarks/vs_timm.py [--models vit_small_patch16_224,...] [--rounds 7]
 """
@@ -49,8 +50,10 @@ def interleaved(a: Callable[[], None], b: Callable[[], None], rounds: int) -> tu
     ta, tb = [], []
     for fn in (a, b, a, b):  # warm-up
         fn()
-    for _ in range(rounds):
-        for fn, acc in ((a, ta), (b, tb)):
+    for r in range(rounds):
+        # A B, then B A: neither side always runs right after the other (ABBA order)
+        pairs = ((a, ta), (b, tb)) if r % 2 == 0 else ((b, tb), (a, ta))
+        for fn, acc in pairs:
             t0 = time.perf_counter()
             fn()
             acc.append(time.perf_counter() - t0)
