@@ -24,6 +24,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 MixerFactory = Callable[..., nn.Module]
@@ -41,6 +42,20 @@ def register_mixer(name: str) -> Callable[[MixerFactory], MixerFactory]:
         return factory
 
     return wrap
+
+
+def mix_on_grid(
+    x: torch.Tensor, grid: tuple[int, int], fn: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """Apply a grid mixer ``fn: [B, h, w, C] -> [B, h, w, C]`` to the last ``h*w`` tokens of
+    ``x: [B, N, C]``; prefix tokens (a class token) pass through unchanged."""
+    b, n, c = x.shape
+    h, w = grid
+    prefix = n - h * w
+    if prefix < 0:
+        raise ValueError(f"{n} tokens cannot hold a {h}x{w} grid")
+    out = fn(x[:, prefix:].reshape(b, h, w, c)).reshape(b, h * w, c)
+    return torch.cat([x[:, :prefix], out], dim=1) if prefix else out
 
 
 def create_mixer(
@@ -73,4 +88,4 @@ def _import_all() -> None:
 
 _import_all()
 
-__all__ = ["MIXERS", "create_mixer", "register_mixer"]
+__all__ = ["MIXERS", "create_mixer", "mix_on_grid", "register_mixer"]

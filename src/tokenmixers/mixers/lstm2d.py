@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tokenmixers.mixers import register_mixer
+from tokenmixers.mixers import mix_on_grid, register_mixer
 
 RNN_TYPES: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 UNIONS = ("cat", "add", "vertical", "horizontal")
@@ -92,13 +92,7 @@ class BiLSTM2DMixer(nn.Module):
         return self.fc(y) if self.fc is not None else y
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        b, n, c = x.shape
-        h, w = grid
-        prefix = n - h * w
-        if prefix < 0:
-            raise ValueError(f"{n} tokens cannot hold a {h}x{w} grid")
-        out = self.mix_grid(x[:, prefix:].reshape(b, h, w, c)).reshape(b, h * w, c)
-        return torch.cat([x[:, :prefix], out], dim=1) if prefix else out
+        return mix_on_grid(x, grid, self.mix_grid)
 
     def macs(self, grid: tuple[int, int], num_prefix_tokens: int = 0) -> int:
         """Multiply-accumulates per image: every RNN visits each grid cell once per

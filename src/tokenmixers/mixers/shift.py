@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tokenmixers.mixers import register_mixer
+from tokenmixers.mixers import mix_on_grid, register_mixer
 
 
 def shift_grid(x: torch.Tensor, n_div: int) -> torch.Tensor:
@@ -50,13 +50,7 @@ class ShiftMixer(nn.Module):
         self.n_div = n_div
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        b, n, c = x.shape
-        h, w = grid
-        prefix = n - h * w
-        if prefix < 0:
-            raise ValueError(f"{n} tokens cannot hold a {h}x{w} grid")
-        out = shift_grid(x[:, prefix:].reshape(b, h, w, c), self.n_div).reshape(b, h * w, c)
-        return torch.cat([x[:, :prefix], out], dim=1) if prefix else out
+        return mix_on_grid(x, grid, lambda g: shift_grid(g, self.n_div))
 
     def macs(self, grid: tuple[int, int], num_prefix_tokens: int = 0) -> int:
         """Multiply-accumulates per image: none, the shift only moves memory."""
