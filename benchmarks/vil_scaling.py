@@ -2,9 +2,10 @@
 1764 tokens), batch 8, eval, 2 threads, with the mLSTM cell in its ``parallel`` (quadratic,
 the authors' form) and ``chunkwise`` (linear) backends.
 
-Method. Time: each resolution runs in a fresh subprocess that builds the model once and
-times the two backends alternately (chunkwise, parallel, chunkwise, ...), so drift on a
-shared machine hits both alike; the time is the best of the rounds (the least disturbed
+Method. Time: each resolution runs in a fresh subprocess that builds the model once, warms
+both backends up at full batch and times them alternately in ABBA order (chunkwise
+parallel, parallel chunkwise, ...), so drift on a shared machine hits both alike and
+neither always runs in the other's wake; the time is the best of the rounds (the least disturbed
 run), and the rounds stop after ``--rounds`` or once ``--budget`` seconds are spent (one
 forward of the parallel form at 672 takes minutes). Read the ratios, not the absolute times.
 Memory: every (resolution, backend) runs one forward in a fresh subprocess of its own, with
@@ -58,14 +59,18 @@ def time_worker(size: int, batch: int, threads: int, rounds: int, budget: float)
     backends = ("chunkwise", "parallel")
     times: dict[str, list[float]] = {b: [] for b in backends}
     with torch.inference_mode():
-        for backend in backends:  # warm-up: first-call allocations, thread pool
+        for backend in backends:  # warm-up at full batch: first-call allocations, thread pool
             set_mlstm_backend(model, backend)
-            model(x[:1])
+            model(x)
         start = time.perf_counter()
         while len(times["parallel"]) < rounds and (
             not times["parallel"] or time.perf_counter() - start < budget
         ):
-            for backend in backends:
+            # Alternate which backend goes first (A B, B A, ...): run right after the
+            # parallel form, whose S x S buffers the allocator has just returned, the
+            # chunkwise form pays page faults that have nothing to do with it.
+            order = backends if len(times["parallel"]) % 2 == 0 else backends[::-1]
+            for backend in order:
                 set_mlstm_backend(model, backend)
                 t0 = time.perf_counter()
                 model(x)
