@@ -6,10 +6,11 @@ any before them are prefix tokens (a class token). The grid is a property of the
 input, not of the constructor, wherever the mixer allows it; a mixer that is built for
 one grid (the token MLP) sets ``fixed_grid`` and refuses any other.
 
-Each mixer registers a factory under a short name with :func:`register_mixer`. Every
-factory is called as ``factory(dim, grid=..., num_prefix_tokens=..., **mixer_kwargs)``
-so that any mixer fits any skeleton; factories take only the keywords they use, so a
-misspelt option raises instead of vanishing.
+Each mixer registers its class (or a factory, where options need translating) under a
+short name with :func:`register_mixer`. It is called as ``factory(dim, **mixer_kwargs)``,
+plus ``grid=`` and ``num_prefix_tokens=`` if its signature names them, so that any mixer
+fits any skeleton; it takes only the keywords it declares, so a misspelt option raises
+instead of vanishing.
 
 Every mixer also states its cost in closed form, ``mixer.macs(grid, num_prefix_tokens)``:
 the multiply-accumulates of one forward pass for one image. ``tokenmixers.flops`` uses it
@@ -68,13 +69,16 @@ def create_mixer(
         close = difflib.get_close_matches(name, MIXERS, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown mixer {name!r}{hint} Registered: {sorted(MIXERS)}") from None
-    accepted = set(inspect.signature(factory).parameters) - {"dim", "grid", "num_prefix_tokens"}
+    params = set(inspect.signature(factory).parameters)
+    layout = {"grid": grid, "num_prefix_tokens": num_prefix_tokens}
+    accepted = params - {"dim", *layout}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise TypeError(
             f"mixer {name!r} does not take {unknown}; it accepts {sorted(accepted) or 'no options'}"
         )
-    return factory(dim, grid=grid, num_prefix_tokens=num_prefix_tokens, **kwargs)
+    # A factory (or mixer class) is given the grid and prefix count only if it asks for them.
+    return factory(dim, **{k: v for k, v in layout.items() if k in params}, **kwargs)
 
 
 def _import_all() -> None:

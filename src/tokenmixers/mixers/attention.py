@@ -9,6 +9,7 @@ from torch import nn
 from tokenmixers.mixers import register_mixer
 
 
+@register_mixer("attention")
 class AttentionMixer(nn.Module):
     """``[B, N, C] -> [B, N, C]``; resolution-free (the grid is not needed).
 
@@ -53,19 +54,3 @@ class AttentionMixer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}"
-
-
-@register_mixer("attention")
-def _attention(
-    dim: int,
-    *,
-    grid: tuple[int, int],
-    num_prefix_tokens: int,
-    num_heads: int = 8,
-    qkv_bias: bool = True,
-    attn_drop: float = 0.0,
-    proj_drop: float = 0.0,
-) -> AttentionMixer:
-    return AttentionMixer(
-        dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop
-    )

@@ -24,6 +24,7 @@ RNN_TYPES: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn":
 UNIONS = ("cat", "add", "vertical", "horizontal")
 
 
+@register_mixer("lstm2d")
 class BiLSTM2DMixer(nn.Module):
     """``[B, N, C] -> [B, N, C]``: the vertical and horizontal (Bi)LSTMs over the grid formed
     by the last ``h*w`` tokens, fused by ``fc``. Prefix tokens pass through unchanged."""
@@ -114,22 +115,3 @@ class BiLSTM2DMixer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"union={self.union!r}, rnn_type={self.rnn_type!r}"
-
-
-@register_mixer("lstm2d")
-def _lstm2d(
-    dim: int,
-    *,
-    grid: tuple[int, int],
-    num_prefix_tokens: int,
-    hidden_size: int,
-    bidirectional: bool = True,
-    union: str = "cat",
-    with_fc: bool = True,
-    rnn_type: str = "lstm",
-    num_layers: int = 1,
-) -> BiLSTM2DMixer:
-    return BiLSTM2DMixer(
-        dim, hidden_size=hidden_size, bidirectional=bidirectional, union=union,
-        with_fc=with_fc, rnn_type=rnn_type, num_layers=num_layers,
-    )

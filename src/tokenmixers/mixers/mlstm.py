@@ -338,6 +338,7 @@ def _block_diagonal_dense(weight: torch.Tensor, m: BlockDiagonalLinear) -> torch
 # ---------------------------------------------------------------------------------------
 # The ViL layer
 # ---------------------------------------------------------------------------------------
+@register_mixer("mlstm")
 class MLSTMMixer(nn.Module):
     """ViL's mLSTM layer: ``[B, N, C] -> [B, N, C]`` for N = prefix tokens + h·w.
 
@@ -580,29 +581,3 @@ def set_mlstm_backend(model: nn.Module, backend: str, *, chunk_size: int | None 
                 module.chunk_size = chunk_size
             count += 1
     return count
-
-
-@register_mixer("mlstm")
-def _mlstm(
-    dim: int,
-    *,
-    grid: tuple[int, int],
-    num_prefix_tokens: int,
-    expansion: int = 2,
-    num_heads: int = 4,
-    qkv_block_size: int = 4,
-    conv: str = "causal1d",
-    conv_kernel_size: int | None = None,
-    bias: bool = False,
-    norm_bias: bool = False,
-    traversals: Sequence[str] = ("row",),
-    cls_position: str = "first",
-    backend: str = "auto",
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> MLSTMMixer:
-    return MLSTMMixer(
-        dim, expansion=expansion, num_heads=num_heads, qkv_block_size=qkv_block_size,
-        conv=conv, conv_kernel_size=conv_kernel_size, bias=bias, norm_bias=norm_bias,
-        traversals=traversals, cls_position=cls_position, backend=backend,
-        chunk_size=chunk_size,
-    )

@@ -38,6 +38,7 @@ def shift_grid(x: torch.Tensor, n_div: int) -> torch.Tensor:
     return out
 
 
+@register_mixer("shift")
 class ShiftMixer(nn.Module):
     """``[B, N, C] -> [B, N, C]``: the partial shift on the last ``h*w`` tokens seen as the
     ``grid``; prefix tokens (if any) pass through unchanged. Works at any grid size."""
@@ -58,10 +59,3 @@ class ShiftMixer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n_div={self.n_div}, group={self.dim // self.n_div}"
-
-
-@register_mixer("shift")
-def _shift(
-    dim: int, *, grid: tuple[int, int], num_prefix_tokens: int, n_div: int = 12
-) -> ShiftMixer:
-    return ShiftMixer(dim, n_div=n_div)
