@@ -335,22 +335,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_bench)
 
 
-def _parse_kwargs(items: Sequence[str]) -> dict[str, Any]:
-    import ast
-
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--model-kwargs takes KEY=VALUE pairs, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
-
-
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from tokenmixers.train.config import parse_model_kwargs
     from tokenmixers.zoo import get_spec
 
     models = _parse_list(args.model)
@@ -362,7 +348,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     records = bench(
         models, _parse_list(args.img_size, int), batch_size=args.batch_size, modes=modes,
         amp=args.amp, compile=args.compile, threads=args.threads, device=args.device,
-        warmup=args.warmup, repeats=args.repeats, model_kwargs=_parse_kwargs(args.model_kwargs),
+        warmup=args.warmup, repeats=args.repeats,
+        model_kwargs=parse_model_kwargs(args.model_kwargs),
         progress=lambda s: print(f"  measuring {s}", file=sys.stderr, flush=True),
     )
     print(format_table(records))
