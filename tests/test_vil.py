@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import tokenmixers
 from tokenmixers.layers import interpolate_pos_embed_grid
-from tokenmixers.mixers.mlstm import MLSTMMixer, set_mlstm_backend
+from tokenmixers.mixers.mlstm import BlockDiagonalLinear, MLSTMMixer, set_mlstm_backend
 from tokenmixers.zoo import ZOO
 
 REFERENCE = Path(__file__).parent / "data" / "reference"
@@ -197,3 +197,24 @@ def test_official_converter_maps_the_v2_pairs_and_swapped_head_norms() -> None:
     })
     assert sorted(v1) == ["blocks.1.mixer.conv.bias", "blocks.1.mixer.fgate.bias",
                           "blocks.1.mixer.skip", "fc_norm.weight", "norm.weight"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(8,), (5, 8), (2, 3, 8), (2, 3, 4, 8)])
+def test_block_diagonal_map_is_the_written_equation(shape, dtype) -> None:
+    # y_g = W[g] @ x_g + b_g on consecutive groups of 4 channels (W: [C/4, out 4, in 4]),
+    # for any leading shape, and its gradients.
+    torch.manual_seed(0)
+    m = BlockDiagonalLinear(8, bias=True).to(dtype)
+    torch.nn.init.normal_(m.bias)
+    x = torch.randn(*shape, dtype=dtype, requires_grad=True)
+    groups = x.reshape(-1, 2, 4)
+    expected = torch.stack([groups[:, g] @ m.weight[g].T for g in range(2)], 1)
+    expected = expected.reshape(shape) + m.bias
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(m(x), expected, rtol=tol, atol=tol)
+    upstream = torch.randn(shape, dtype=dtype)
+    got = torch.autograd.grad((m(x) * upstream).sum(), (x, m.weight, m.bias))
+    ref = torch.autograd.grad((expected * upstream).sum(), (x, m.weight, m.bias))
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, rtol=tol, atol=tol)
