@@ -29,7 +29,7 @@ Backends (all give the same values and gradients; tests pin them to each other):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -44,6 +44,8 @@ BACKENDS = ("auto", "parallel", "chunkwise", "recurrent", "kernels")
 TRAVERSALS = ("row", "row_reversed", "col", "col_reversed")
 DEFAULT_CHUNK_SIZE = 64
 EPS = 1e-6
+#: A per-token map of the cell's output, ``[B, NH, n, d] -> [B, NH, n, d]``.
+Epilogue = Callable[[torch.Tensor], torch.Tensor]
 
 
 # ---------------------------------------------------------------------------------------
@@ -148,6 +150,7 @@ def _chunk_logs(igate: torch.Tensor, fgate: torch.Tensor, size: int) -> _ChunkLo
 def mlstm_chunkwise(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Tensor,
     fgate: torch.Tensor, *, chunk_size: int = DEFAULT_CHUNK_SIZE, eps: float = EPS,
+    epilogue: Epilogue | None = None,
 ) -> torch.Tensor:
     """Linear in S: parallel attention inside chunks of at most ``chunk_size`` tokens
     (:func:`_chunk_length`), a ``[d, d]`` matrix state and a ``[d]`` normaliser state
@@ -161,8 +164,9 @@ def mlstm_chunkwise(
     size = _chunk_length(q.shape[-2], chunk_size)
     inputs = (q, k, v, igate, fgate)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        return _chunkwise_batched(*inputs, size=size, eps=eps)
-    return _chunkwise_scan(*inputs, size=size, eps=eps)
+        h = _chunkwise_batched(*inputs, size=size, eps=eps)
+        return h if epilogue is None else epilogue(h)
+    return _chunkwise_scan(*inputs, size=size, eps=eps, epilogue=epilogue)
 
 
 def _chunkwise_batched(
@@ -217,15 +221,17 @@ def _chunkwise_batched(
 
 def _chunkwise_scan(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Tensor,
-    fgate: torch.Tensor, *, size: int, eps: float = EPS,
+    fgate: torch.Tensor, *, size: int, eps: float = EPS, epilogue: Epilogue | None = None,
 ) -> torch.Tensor:
     """Chunk by chunk with the state updated in place (no autograd): per chunk, intra-chunk
-    attention, the read of the incoming state, the normalisation, then the state update.
-    Only the gates are padded; the last chunk may be shorter."""
+    attention, the read of the incoming state, the normalisation, the epilogue, then the
+    state update. Only the gates are padded; the last chunk may be shorter. q, k, v may be
+    in any layout (a chunk of tokens-first ``[B, S, NH, d]`` memory is gathered in cache);
+    the result is ``[B, NH, S, d]`` over tokens-first memory (``.transpose(1, 2)`` of it
+    is contiguous), the layout the layer continues in."""
     b, nh, s, d = q.shape
     logs = _chunk_logs(igate, fgate, size)
     cum, rest, m, prev_m = (t.flatten(0, 1) for t in (logs.cum, logs.rest, logs.m, logs.prev_m))
-    q, k, v = (t.flatten(0, 1) for t in (q, k, v))  # [B·NH, S, d]
     num_chunks = cum.shape[1]
     log_scale = -0.5 * math.log(d)
     row = cum - m + log_scale  # intra weight exp(row_t + rest_s), s ≤ t
@@ -239,12 +245,12 @@ def _chunkwise_scan(
     write = torch.exp(end[:, :-1, None] + rest[:, :-1] - next_m[..., None] + log_scale)
     decay = torch.exp(end[:, :-1] + prev_m[:, :-1] - next_m)  # 0 after chunk 0
     upper = ~_causal_mask(size, q.device)
-    h = q.new_empty(q.shape)
+    h = q.new_empty(b, s, nh, d).transpose(1, 2)
     state = norm = None  # Σ w k vᵀ [B·NH, d, d] and Σ w k [B·NH, d]
     for a in range(num_chunks):
         t0, t1 = a * size, min(s, (a + 1) * size)
         n = t1 - t0
-        qa, ka, va = q[:, t0:t1], k[:, t0:t1], v[:, t0:t1]
+        qa, ka, va = (t[:, :, t0:t1].reshape(b * nh, n, d) for t in (q, k, v))
         weight = row[:, a, :n, None] + rest[:, a, None, :n]
         weight = weight.masked_fill_(upper[:n, :n], float("-inf")).exp_()
         scores = torch.bmm(qa, ka.transpose(1, 2)).mul_(weight)
@@ -255,7 +261,8 @@ def _chunkwise_scan(
             num = torch.bmm(qa, state).mul_(read[:, a, :n, None]).baddbmm_(scores, va)
             den.addcmul_(read[:, a, :n], torch.bmm(qa, norm[..., None]).squeeze(-1))
         scale = torch.maximum(den.abs_(), floor[:, a, :n]).add_(eps).reciprocal_()
-        torch.mul(num, scale[..., None], out=h[:, t0:t1])
+        out = num.mul_(scale[..., None]).view(b, nh, n, d)
+        h[:, :, t0:t1] = out if epilogue is None else epilogue(out)
         if a + 1 < num_chunks:
             kw = ka * write[:, a, :n, None]
             if state is None:
@@ -263,7 +270,7 @@ def _chunkwise_scan(
             else:
                 state.mul_(decay[:, a, None, None]).baddbmm_(kw.transpose(1, 2), va)
                 norm.mul_(decay[:, a, None]).add_(kw.sum(1))
-    return h.view(b, nh, s, d)
+    return h
 
 
 def mlstm_kernels(
@@ -287,19 +294,25 @@ def mlstm_kernels(
 def mlstm(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Tensor,
     fgate: torch.Tensor, *, backend: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE,
+    epilogue: Epilogue | None = None,
 ) -> torch.Tensor:
-    """The mLSTM cell with the chosen backend: ``[B, NH, S, d] -> [B, NH, S, d]``."""
+    """The mLSTM cell with the chosen backend: ``[B, NH, S, d] -> [B, NH, S, d]``, inputs
+    in any memory layout. ``epilogue``: a per-token map of the output (such as ViL's
+    per-head norm), which the chunkwise form applies chunk by chunk while the chunk is
+    still in cache and the others apply to the whole output."""
     if backend == "auto":
         backend = "chunkwise" if q.shape[-2] > chunk_size else "parallel"
-    if backend == "parallel":
-        return mlstm_parallel(q, k, v, igate, fgate)
     if backend == "chunkwise":
-        return mlstm_chunkwise(q, k, v, igate, fgate, chunk_size=chunk_size)
-    if backend == "recurrent":
-        return mlstm_recurrent(q, k, v, igate, fgate)
-    if backend == "kernels":
-        return mlstm_kernels(q, k, v, igate, fgate, chunk_size=chunk_size)
-    raise ValueError(f"unknown mLSTM backend {backend!r}; choose from {BACKENDS}")
+        return mlstm_chunkwise(q, k, v, igate, fgate, chunk_size=chunk_size, epilogue=epilogue)
+    if backend == "parallel":
+        h = mlstm_parallel(q, k, v, igate, fgate)
+    elif backend == "recurrent":
+        h = mlstm_recurrent(q, k, v, igate, fgate)
+    elif backend == "kernels":
+        h = mlstm_kernels(q, k, v, igate, fgate, chunk_size=chunk_size)
+    else:
+        raise ValueError(f"unknown mLSTM backend {backend!r}; choose from {BACKENDS}")
+    return h if epilogue is None else epilogue(h)
 
 
 # ---------------------------------------------------------------------------------------
@@ -341,7 +354,8 @@ class HeadNorm(nn.Module):
         """The same on heads-first ``[B, NH, S, d]``, which it keeps (no transposing copy):
         ``[B, NH, S, d] -> [B, NH, S, d]``; ``.transpose(1, 2)`` views it as ``forward``'s."""
         nh, d = x.shape[1], x.shape[-1]
-        x = F.layer_norm(x, (d,), eps=self.eps) * (1 + self.weight).view(nh, 1, d)
+        # (An all-ones weight: PyTorch's CPU layer_norm is ~2x faster with one than without.)
+        x = F.layer_norm(x, (d,), x.new_ones(d), None, self.eps) * (1 + self.weight).view(nh, 1, d)
         return x + self.bias.view(nh, 1, d) if self.bias is not None else x
 
 
@@ -374,10 +388,10 @@ class BlockDiagonalLinear(nn.Module):
 def block_diagonal_heads(
     x: torch.Tensor, num_heads: int, *maps: BlockDiagonalLinear
 ) -> list[torch.Tensor]:
-    """Block-diagonal maps of ``[B, S, C]``, each result in the heads-first layout
-    ``[B, NH, S, C / NH]`` (contiguous) that the cell wants."""
+    """Block-diagonal maps of ``[B, S, C]``, each result viewed heads-first,
+    ``[B, NH, S, C / NH]``, over its tokens-first memory (no copy)."""
     b, s, _ = x.shape
-    return [m(x).view(b, s, num_heads, -1).transpose(1, 2).contiguous() for m in maps]
+    return [m(x).view(b, s, num_heads, -1).transpose(1, 2) for m in maps]
 
 
 def _block_diagonal_dense(weight: torch.Tensor, m: BlockDiagonalLinear) -> torch.Tensor:
@@ -534,51 +548,83 @@ class MLSTMMixer(nn.Module):
         pre = pre * self.conv.weight[:, 0, kh // 2, kw // 2] + self.conv.bias
         return torch.cat([y[:, :prefix_at], pre, y[:, prefix_at:]], 1)
 
-    def _scan(
-        self, x_m: torch.Tensor, grid: tuple[int, int], prefix_at: int, prefix: int
-    ) -> torch.Tensor:
-        """``[B, S, E]`` in scan order -> ``norm(h̃) + skip ⊙ x_c``, same order."""
-        b, s, _ = x_m.shape
-        x_c = F.silu(self._conv(x_m, grid, prefix_at, prefix))
-        # q, k, v straight into the cell's [B, NH, S, d]. The gates see cat(q, k, v) through
-        # the composite maps gate ∘ blockdiag: two products on x_c and x_m, not three.
-        q, k = block_diagonal_heads(x_c, self.num_heads, self.q_proj, self.k_proj)
-        (v,) = block_diagonal_heads(x_m, self.num_heads, self.v_proj)
+    def _gate_maps(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The gates see ``cat(q, k, v)``; through the composite maps ``gate ∘ blockdiag``
+        that is one ``[2·NH, E]`` map of ``x_c``, one of ``x_m`` and a bias."""
         w = torch.cat([self.igate.weight, self.fgate.weight]).split(self.inner, dim=1)
         bias = torch.cat([self.igate.bias, self.fgate.bias])
         for lin, part in ((self.q_proj, w[0]), (self.k_proj, w[1]), (self.v_proj, w[2])):
             if lin.bias is not None:
                 bias = bias + part @ lin.bias
         w_c = _block_diagonal_dense(w[0], self.q_proj) + _block_diagonal_dense(w[1], self.k_proj)
-        gates = F.linear(x_c, w_c) + F.linear(x_m, _block_diagonal_dense(w[2], self.v_proj), bias)
+        return w_c, _block_diagonal_dense(w[2], self.v_proj), bias
+
+    def _scan(
+        self, x_m: torch.Tensor, gates_m: torch.Tensor, w_c: torch.Tensor,
+        grid: tuple[int, int], prefix_at: int, prefix: int,
+    ) -> torch.Tensor:
+        """``[B, S, E]`` in scan order (and the gates' ``x_m`` part, ``[B, S, 2·NH]``) ->
+        ``norm(h̃) + skip ⊙ x_c``, same order."""
+        b, s, _ = x_m.shape
+        x_c = F.silu(self._conv(x_m, grid, prefix_at, prefix))
+        q, k = block_diagonal_heads(x_c, self.num_heads, self.q_proj, self.k_proj)
+        (v,) = block_diagonal_heads(x_m, self.num_heads, self.v_proj)
+        gates = F.linear(x_c, w_c) + gates_m
         ig, fg = gates.transpose(1, 2).split(self.num_heads, dim=1)  # [B, NH, S] each
-        h = mlstm(q, k, v, ig, fg, backend=self.backend, chunk_size=self.chunk_size)
-        out = self.skip * x_c
-        out.view(b, s, self.num_heads, -1).add_(self.outnorm.heads_first(h).transpose(1, 2))
-        return out
+        h = mlstm(q, k, v, ig, fg, backend=self.backend, chunk_size=self.chunk_size,
+                  epilogue=self.outnorm.heads_first)
+        # Tokens-first [B, S, E]: a view for the chunkwise form, a fresh copy otherwise.
+        out = h.transpose(1, 2).reshape(b, s, -1)
+        return out.addcmul_(self.skip, x_c)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         n = x.shape[1]
         prefix = n - grid[0] * grid[1]
         if prefix < 0:
             raise ValueError(f"{n} tokens do not hold a {grid[0]}x{grid[1]} grid")
-        x_m, z = self.proj_up(x).chunk(2, dim=-1)
+        e = self.inner
+        w_c, w_m, gate_bias = self._gate_maps()
+        # proj_up as two products: x_m on its own (contiguous, as the conv and the v map
+        # want it), and z together with the gates' x_m part, folded in as the composite
+        # map w_m ∘ proj_up's x_m half (gate(x_m) = (w_m W_m) x + w_m b_m + bias).
+        weight_m, weight_z = self.proj_up.weight.split(e)
+        bias_m, bias_z = (None, None) if self.proj_up.bias is None else self.proj_up.bias.split(e)
+        if bias_m is not None:
+            gate_bias = gate_bias + w_m @ bias_m
+        weight_zg = torch.cat([weight_z, w_m @ weight_m])
+        bias_zg = torch.cat([bias_z if bias_z is not None else gate_bias.new_zeros(e), gate_bias])
+        # One scan order: put the tokens in it before proj_up and back after proj_down, as
+        # the authors do (D channels moved twice instead of E channels); several: reorder
+        # x_m (and its gate part) per order and put each order's result back.
+        outer = None
+        if len(self.traversals) == 1:
+            outer = self._order(grid, prefix, self.traversals[0])
+            x = x if outer is None else x[:, outer.to(x.device)]
+        x_m = F.linear(x, weight_m, bias_m)
+        z, gates_m = F.linear(x, weight_zg, bias_zg).split(e, dim=-1)
         out = None
         for traversal in self.traversals:
-            order = self._order(grid, prefix, traversal)
-            seq = x_m if order is None else x_m[:, order.to(x.device)]
+            order = None if len(self.traversals) == 1 else self._order(grid, prefix, traversal)
+            if order is None:
+                seq, seq_gates = x_m, gates_m
+            else:
+                order = order.to(x.device)
+                seq, seq_gates = x_m[:, order], gates_m[:, order]
             scan_grid = grid if traversal.startswith("row") else (grid[1], grid[0])
             at = 0 if self.cls_position == "first" else grid[0] * grid[1] // 2
             if traversal.endswith("reversed"):
                 at = n - at - prefix
-            h = self._scan(seq, scan_grid, at, prefix)
+            h = self._scan(seq, seq_gates, w_c, scan_grid, at, prefix)
             if order is not None:
-                h = torch.empty_like(h).index_copy_(1, order.to(x.device), h)
+                h = torch.empty_like(h).index_copy_(1, order, h)
             out = h if out is None else out + h
         assert out is not None
         if len(self.traversals) > 1:
             out = out / len(self.traversals)
-        return self.proj_down(out * F.silu(z))
+        y = self.proj_down(out * F.silu(z))
+        if outer is not None:
+            y = torch.empty_like(y).index_copy_(1, outer.to(x.device), y)
+        return y
 
     def macs(self, grid: tuple[int, int], num_prefix_tokens: int = 0) -> int:
         """Multiply-accumulates per image of the layer as defined, with the cell in the form
