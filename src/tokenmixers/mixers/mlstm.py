@@ -592,7 +592,6 @@ class MLSTMMixer(nn.Module):
         if bias_m is not None:
             gate_bias = gate_bias + w_m @ bias_m
         weight_zg = torch.cat([weight_z, w_m @ weight_m])
-        bias_zg = torch.cat([bias_z if bias_z is not None else gate_bias.new_zeros(e), gate_bias])
         # One scan order: put the tokens in it before proj_up and back after proj_down, as
         # the authors do (D channels moved twice instead of E channels); several: reorder
         # x_m (and its gate part) per order and put each order's result back.
@@ -601,7 +600,9 @@ class MLSTMMixer(nn.Module):
             outer = self._order(grid, prefix, self.traversals[0])
             x = x if outer is None else x[:, outer.to(x.device)]
         x_m = F.linear(x, weight_m, bias_m)
-        z, gates_m = F.linear(x, weight_zg, bias_zg).split(e, dim=-1)
+        z, gates_m = F.linear(x, weight_zg).split(e, dim=-1)  # biases added to the parts:
+        z = z if bias_z is None else z + bias_z  # (addmm would first copy a bias to all)
+        gates_m = gates_m + gate_bias
         out = None
         for traversal in self.traversals:
             order = None if len(self.traversals) == 1 else self._order(grid, prefix, traversal)
