@@ -145,6 +145,24 @@ def test_dispatch_and_auto_rule() -> None:
         mlstm(*inputs, backend="quadratic")
 
 
+def test_epilogue_is_a_per_token_map_of_the_output() -> None:
+    # The chunkwise form applies it chunk by chunk (and returns tokens-first memory); every
+    # form must give epilogue(h), whatever the input layout.
+    q, k, v, ig, fg = random_inputs(45)
+    tokens_first = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)]
+
+    def epilogue(h: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.layer_norm(h, (h.shape[-1],)) * 2 + 1
+
+    expected = epilogue(mlstm_parallel(q, k, v, ig, fg))
+    for backend in ("parallel", "chunkwise", "recurrent"):
+        for grad in (False, True):
+            with torch.set_grad_enabled(grad):
+                leaves = [t.clone().requires_grad_(grad) for t in tokens_first]
+                got = mlstm(*leaves, ig, fg, backend=backend, chunk_size=16, epilogue=epilogue)
+            torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
 def test_kernels_backend_without_the_package_says_how_to_get_it() -> None:
     if importlib.util.find_spec("mlstm_kernels") is not None:
         pytest.skip("mlstm-kernels is installed")

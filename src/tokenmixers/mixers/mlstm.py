@@ -17,12 +17,15 @@ Backends (all give the same values and gradients; tests pin them to each other):
 * ``parallel``: the formula above, materialising ``[B, heads, S, S]`` tensors (quadratic).
 * ``chunkwise``: intra-chunk parallel attention plus an inter-chunk recurrent state,
   linear in S. The stabiliser is the running maximum m_t = max(log σ(f̃_t) + m_{t−1}, ĩ_t),
-  which the chunk boundaries carry exactly, so even the 1e-6 epsilon is reproduced.
+  which the chunk boundaries carry exactly, so even the 1e-6 epsilon is reproduced. Without
+  autograd it runs chunk by chunk with the state updated in place (cache-friendly); with
+  it, all chunks at once (differentiable).
 * ``recurrent``: one step per token (the oracle, and the form for streaming).
 * ``auto``: ``chunkwise`` when the sequence is longer than one chunk (S > ``chunk_size``,
   64 by default), else ``parallel``. With one chunk the two do the same work; the cell
-  alone with ViL-T's shapes (2 threads) is about even at S = 65..128 and chunkwise wins
-  from there on (1.3-1.5x at 196, 3.5x at 400, 8x at 784; ``docs/performance.md``).
+  alone with ViL-T's shapes (2 threads) is up to ~10% slower chunkwise at S = 65..96 and
+  faster from 128 on (1.3x at 128, 2.9x at 196, 5x at 400, 18x at 784;
+  ``docs/performance.md``).
 * ``kernels``: the ``mlstm-kernels`` package (GPU Triton kernels), if it is installed.
 """
 
@@ -160,7 +163,8 @@ def mlstm_chunkwise(
     Two schedules of the same arithmetic: when a gradient is needed, all chunks at once
     (:func:`_chunkwise_batched`, a few large differentiable products); otherwise chunk by
     chunk (:func:`_chunkwise_scan`), one state carried in place, each chunk's working set
-    small enough to stay in cache: 1.3x faster at 784 tokens, 2.5x at 196 (ViL-T's cell)."""
+    small enough to stay in cache: ~1.3x faster at 784 tokens, 2.6x at 196 (ViL-T's cell).
+    ``epilogue``: a per-token map of the output, applied per chunk by the second."""
     size = _chunk_length(q.shape[-2], chunk_size)
     inputs = (q, k, v, igate, fgate)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
@@ -288,6 +292,7 @@ def mlstm_kernels(
             "pip install mlstm-kernels, or use backend='chunkwise' (pure PyTorch, linear in S)"
         ) from err
     kernel = get_mlstm_kernel("chunkwise--triton_limit_chunk")
+    q, k, v, igate, fgate = (t.contiguous() for t in (q, k, v, igate, fgate))  # heads-first
     return kernel(q=q, k=k, v=v, i=igate, f=fgate, eps=eps, chunk_size=chunk_size)
 
 
@@ -637,7 +642,9 @@ class MLSTMMixer(nn.Module):
         weighted sum over every pair, as that form computes them); ``chunkwise`` with C
         chunks of L tokens 2·C·L²·d inside chunks, plus, when C > 1, 2·C·L·d·(d+1) to write
         and read the ``[d, d+1]`` states (numerator and normaliser) and C²·d·(d+1) to
-        combine them; ``recurrent`` 2·S·d·(d+1) (state update and read-out)."""
+        combine them (the differentiable all-chunks schedule; the inference one carries the
+        state instead of combining, and its short last chunk saves the padding: less than one
+        token per chunk); ``recurrent`` 2·S·d·(d+1) (state update and read-out)."""
         s = num_prefix_tokens + grid[0] * grid[1]
         dim, e, nh = self.proj_up.in_features, self.inner, self.num_heads
         d = e // nh
