@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from tokenmixers._files import atomic_path
 from tokenmixers.backbones import Backbone
 from tokenmixers.families import FAMILIES
 
@@ -181,10 +181,6 @@ def load_weights(
     return used
 
 
-def _atomic_path(path: Path) -> tuple[int, str]:
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-
-
 def save_weights(
     model: Backbone, path: str | os.PathLike[str], *, metadata: Mapping[str, str] | None = None
 ) -> Path:
@@ -207,14 +203,8 @@ def save_weights(
         **(metadata or {}),
     }
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = _atomic_path(path)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(state, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokenmixers._files import plain
 from tokenmixers.backbones import Backbone
 from tokenmixers.families import FAMILIES
 
@@ -204,16 +205,6 @@ def model_arguments(name: str) -> list[str]:
     return list(inspect.signature(FAMILIES[get_spec(name).family].build).parameters)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
-
-
 def create_model(name: str, **overrides: Any) -> Backbone:
     """Build the zoo model ``name``; ``overrides`` replace its configuration entries.
 
@@ -235,7 +226,7 @@ def create_model(name: str, **overrides: Any) -> Backbone:
     config = {**spec.config, **overrides}
     model = family.build(**config)
     model.model_name = name
-    model.model_config = _jsonable(config)
+    model.model_config = plain(config)
     json.dumps(model.model_config)  # fail here, not at save time, if a value is not plain data
     model.pretrained_cfg = _pretrained_cfg(model)
     model.default_cfg = model.pretrained_cfg

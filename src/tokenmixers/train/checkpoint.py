@@ -22,40 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from tokenmixers._files import fsync_path
 from tokenmixers.backbones import Backbone
 from tokenmixers.weights import save_weights
 
 WEIGHTS = "model.safetensors"
 STATE = "trainer_state.pt"
 STATE_FORMAT = "tokenmixers-trainer-state-v1"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(
@@ -68,19 +41,17 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=run_dir))
     try:
         save_weights(model, tmp / WEIGHTS, metadata=metadata)
-        state_path = tmp / STATE
-        with open(state_path, "wb") as f:
+        with open(tmp / STATE, "wb") as f:
             torch.save({"format": STATE_FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_path(tmp / STATE)
+        fsync_path(tmp)
         old = None
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=run_dir))
             old.rmdir()
             os.rename(final, old)
         os.rename(tmp, final)
-        _fsync_dir(run_dir)
+        fsync_path(run_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from tokenmixers._files import atomic_path, plain
 from tokenmixers.data import DataSpec, parse_data
 
 #: DeiT's recipe (arXiv 2012.12877) scaled to the dataset. ``lr_base`` is the learning rate
@@ -101,19 +102,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (tuples become lists) for YAML and comparisons."""
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
     @property
     def data_spec(self) -> DataSpec:
         return parse_data(self.data)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value
 
 
 #: Options that only affect one invocation; everything else defines the run.
@@ -231,9 +224,9 @@ def resolve(cfg: TrainConfig, world_size: int = 1) -> TrainConfig:
 
 
 def save_yaml(cfg: TrainConfig, path: Path) -> None:
-    from tokenmixers.train.checkpoint import atomic_write_text
-
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write the configuration as YAML, atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def run_identity(cfg: TrainConfig | dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from tokenmixers._files import plain
 from tokenmixers.data import (
     AugmentConfig,
     DataBundle,
@@ -42,7 +43,6 @@ from tokenmixers.train.config import (
     RUNTIME_KEYS,
     ConfigError,
     TrainConfig,
-    _plain,
     build_config,
     parse_model_kwargs,
     read_yaml,
@@ -87,7 +87,7 @@ def _resume_config(options: dict[str, Any], run_dir: Path) -> TrainConfig:
     if "model_kwargs" in given:
         given["model_kwargs"] = parse_model_kwargs(given["model_kwargs"])
     changed = [k for k, v in given.items()
-               if k not in RUNTIME_KEYS and _plain(v) != _plain(saved.get(k))]
+               if k not in RUNTIME_KEYS and plain(v) != plain(saved.get(k))]
     if changed:
         details = ", ".join(f"{k}={given[k]!r} (run has {saved.get(k)!r})" for k in changed)
         raise ConfigError(
@@ -150,7 +150,7 @@ def model_overrides(cfg: TrainConfig, bundle: DataBundle) -> dict[str, Any]:
     fixed = {"in_chans": bundle.in_chans, "num_classes": bundle.num_classes,
              "img_size": cfg.img_size}
     for key, value in fixed.items():
-        if key in over and _plain(over[key]) not in (value, [value, value]):
+        if key in over and plain(over[key]) not in (value, [value, value]):
             raise ConfigError(
                 f"--model-kwargs {key}={over[key]} conflicts with {key}={value}, which "
                 f"{'--img-size' if key == 'img_size' else 'the data'} decides; drop it")
