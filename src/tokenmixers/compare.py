@@ -23,7 +23,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from tokenmixers._files import atomic_path
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
 
 __all__ = ["FAMILIES", "CompareConfig", "compare", "family_model"]
 
@@ -161,9 +166,12 @@ def _metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_family(cfg: CompareConfig, family: str, out: Path) -> dict[str, Any]:
-    """Train, evaluate and benchmark one family; returns its record (also saved)."""
-    from tokenmixers.data import load_data
+def run_family(
+    cfg: CompareConfig, family: str, out: Path, val: Dataset | None = None
+) -> dict[str, Any]:
+    """Train, evaluate and benchmark one family; returns its record (also saved).
+    ``val``: the evaluation set (``cfg.data``'s, limited to ``cfg.limit_val``), loaded here
+    if not given."""
     from tokenmixers.evaluate import eval_resolutions, load_checkpoint_model
     from tokenmixers.train.checkpoint import WEIGHTS, find_checkpoint
     from tokenmixers.train.loop import train
@@ -194,10 +202,7 @@ def run_family(cfg: CompareConfig, family: str, out: Path) -> dict[str, Any]:
     eval_sizes = cfg.eval_sizes or eval_sizes
     bench_sizes = cfg.bench_sizes or bench_sizes
 
-    from tokenmixers.data import fixed_subset
-
-    bundle = load_data(cfg.data, data_dir=cfg.data_dir, download=cfg.download, seed=cfg.seed)
-    val = fixed_subset(bundle.val, cfg.limit_val)
+    val = _val_set(cfg) if val is None else val
     evals = eval_resolutions(loaded, val, sorted(set(eval_sizes)))
     for row in evals:
         if "error" in row:
@@ -223,8 +228,16 @@ def run_family(cfg: CompareConfig, family: str, out: Path) -> dict[str, Any]:
                 32 if cfg.budget == "small" else 8), modes=("infer",),
             threads=cfg.threads or None, model_kwargs=config, repeats=5, warmup=2,
         )
-    (run_dir / "compare.json").write_text(json.dumps(record, indent=1, default=str))
+    with atomic_path(run_dir / "compare.json") as tmp:  # --resume trusts what it finds
+        tmp.write_text(json.dumps(record, indent=1, default=str))
     return record
+
+
+def _val_set(cfg: CompareConfig) -> Dataset:
+    from tokenmixers.data import fixed_subset, load_data
+
+    bundle = load_data(cfg.data, data_dir=cfg.data_dir, download=cfg.download, seed=cfg.seed)
+    return fixed_subset(bundle.val, cfg.limit_val)
 
 
 def compare(cfg: CompareConfig, *, progress: Callable[[str], None] = _log) -> Path:
@@ -236,13 +249,15 @@ def compare(cfg: CompareConfig, *, progress: Callable[[str], None] = _log) -> Pa
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare_config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
     records = []
+    val = None  # loaded once, for every family that runs
     for family in cfg.models:
         saved = out / family / "compare.json"
         if cfg.resume and saved.exists():
             progress(f"== {FAMILIES[family].label}: done before, kept ({saved})")
             records.append(json.loads(saved.read_text()))
             continue
-        records.append(run_family(cfg, family, out))
+        val = _val_set(cfg) if val is None else val
+        records.append(run_family(cfg, family, out, val))
     write_report(records, out, title=_title(cfg))
     return out
 
