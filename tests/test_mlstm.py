@@ -145,6 +145,34 @@ def test_dispatch_and_auto_rule() -> None:
         mlstm(*inputs, backend="quadratic")
 
 
+def test_chunkwise_schedule_by_device_and_autograd(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Chunk by chunk only on the CPU without autograd; all chunks at once with a gradient,
+    # or on any other device (few, large kernels; "meta" stands in for a GPU here).
+    import tokenmixers.mixers.mlstm as cell
+
+    calls: list[str] = []
+
+    def spy(name: str) -> None:
+        real = getattr(cell, name)
+
+        def recorded(*args, **kwargs):
+            calls.append(name)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(cell, name, recorded)
+
+    spy("_chunkwise_scan")
+    spy("_chunkwise_batched")
+    cpu = random_inputs(45)
+    meta = tuple(t.to("meta") for t in cpu)
+    with torch.no_grad():
+        mlstm_chunkwise(*cpu, chunk_size=16)
+        out = mlstm_chunkwise(*meta, chunk_size=16)
+    mlstm_chunkwise(*(t.clone().requires_grad_() for t in cpu), chunk_size=16)
+    assert calls == ["_chunkwise_scan", "_chunkwise_batched", "_chunkwise_batched"]
+    assert out.shape == cpu[0].shape and out.device.type == "meta"
+
+
 def test_epilogue_is_a_per_token_map_of_the_output() -> None:
     # The chunkwise form applies it chunk by chunk (and returns tokens-first memory); every
     # form must give epilogue(h), whatever the input layout.
