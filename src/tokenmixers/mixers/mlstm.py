@@ -342,24 +342,13 @@ class UnitOffsetLayerNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}"
 
 
-class HeadNorm(nn.Module):
-    """Normalise each head's channels per token (no per-head affine), then scale the
-    concatenation by ``1 + γ`` (and add a bias). ``[..., NH, d] -> [..., NH*d]``."""
-
-    def __init__(self, dim: int, *, eps: float = 1e-5, bias: bool = False) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.zeros(dim))
-        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+class HeadNorm(UnitOffsetLayerNorm):
+    """Normalise each head's channels per token (no per-head affine), then scale by
+    ``1 + γ`` (and add a bias), γ of length ``NH·d`` over the heads in order. On heads-first
+    ``[B, NH, S, d]``, which it keeps (no transposing copy): ``.transpose(1, 2)`` of the
+    result, flattened, is the tokens-first ``[B, S, NH·d]``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.layer_norm(x, (x.shape[-1],), eps=self.eps).flatten(-2)
-        x = x * (1 + self.weight)
-        return x + self.bias if self.bias is not None else x
-
-    def heads_first(self, x: torch.Tensor) -> torch.Tensor:
-        """The same on heads-first ``[B, NH, S, d]``, which it keeps (no transposing copy):
-        ``[B, NH, S, d] -> [B, NH, S, d]``; ``.transpose(1, 2)`` views it as ``forward``'s."""
         nh, d = x.shape[1], x.shape[-1]
         # (An all-ones weight: PyTorch's CPU layer_norm is ~2x faster with one than without.)
         x = F.layer_norm(x, (d,), x.new_ones(d), None, self.eps) * (1 + self.weight).view(nh, 1, d)
@@ -579,7 +568,7 @@ class MLSTMMixer(nn.Module):
         gates = F.linear(x_c, w_c) + gates_m
         ig, fg = gates.transpose(1, 2).split(self.num_heads, dim=1)  # [B, NH, S] each
         h = mlstm(q, k, v, ig, fg, backend=self.backend, chunk_size=self.chunk_size,
-                  epilogue=self.outnorm.heads_first)
+                  epilogue=self.outnorm)
         # Tokens-first [B, S, E]: a view for the chunkwise form, a fresh copy otherwise.
         out = h.transpose(1, 2).reshape(b, s, -1)
         return out.addcmul_(self.skip, x_c)
