@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,12 +23,7 @@ ARGS = ["--model", "mixer_s16_224", "--model-kwargs", "patch_size=4", "embed_dim
         "--epochs", "1", "--lr", "2e-3", "--no-aug", "--progress", "plain", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:

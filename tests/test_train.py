@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,14 +36,7 @@ RESUMABLE = [*TINY, "--data", "mnist5k", "--limit-train", "192", "--limit-val", 
              "--drop-path", "0.1", *QUIET]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Two OpenMP threads crawl when other processes share the two cores; one does not. The
-    # thread count also fixes the summation order, which exact resume relies on.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def weights(run: Path, name: str = "last") -> dict[str, torch.Tensor]:
