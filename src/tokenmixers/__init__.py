@@ -3,11 +3,10 @@ different token mixers."""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from tokenmixers.backbones import Backbone, HierarchicalBackbone, IsotropicBackbone
 from tokenmixers.blocks import Block
 from tokenmixers.mixers import MIXERS, create_mixer, register_mixer
+from tokenmixers.version import __version__
 from tokenmixers.weights import (
     CheckpointMismatchError,
     load_model,

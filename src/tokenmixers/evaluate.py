@@ -1,9 +1,12 @@
-"""Evaluation and prediction: top-1/top-5/loss over a loader, at several input sizes, and
-top-k classes for image files. Used by ``tokenmixers train``, ``eval`` and ``predict``."""
+"""Checkpoints for ``tokenmixers eval`` and ``predict``: load a saved model, measure
+top-1/top-5/loss at several input sizes, and give the top-k classes of image files.
+
+The evaluation loop itself is :func:`tokenmixers.evaluation.evaluate` (re-exported here),
+shared with the trainer; this module depends on ``tokenmixers.train`` (for its checkpoint
+layout), never the other way round."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,53 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from safetensors import safe_open
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from tokenmixers.backbones import Backbone
+from tokenmixers.evaluation import evaluate
+from tokenmixers.train.checkpoint import WEIGHTS, find_checkpoint
+
+__all__ = ["LoadedModel", "eval_resolutions", "evaluate", "load_checkpoint_model",
+           "predict_files", "weights_file"]
 
 
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
-    """``torch.autocast`` for ``--amp bf16|fp16`` (a no-op for ``none``)."""
-    if amp == "none":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, *, device: torch.device, amp: str = "none",
-             reduce: Any = None) -> dict[str, float]:
-    """Mean cross-entropy, top-1 and top-5 (%) over ``loader``. ``reduce`` sums a list of
-    numbers over processes (for sharded validation sets)."""
-    was_training = model.training
-    model.eval()
-    loss_sum = top1 = top5 = count = 0.0
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(device, amp):
-            logits = model(x)
-        logits = logits.float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        k = min(5, logits.shape[1])
-        pred = logits.topk(k, dim=1).indices
-        hit = pred.eq(y[:, None])
-        top1 += hit[:, 0].sum().item()
-        top5 += hit.any(dim=1).sum().item()
-        count += y.numel()
-    model.train(was_training)
-    if reduce is not None:
-        loss_sum, top1, top5, count = reduce([loss_sum, top1, top5, count])
-    if count == 0:
-        raise ValueError("the validation set is empty")
-    return {"loss": loss_sum / count, "top1": 100.0 * top1 / count,
-            "top5": 100.0 * top5 / count, "count": int(count)}
-
-
-# ---- checkpoints for eval / predict -------------------------------------------------------
 @dataclass
 class LoadedModel:
     model: Backbone
@@ -71,8 +39,6 @@ class LoadedModel:
 
 def weights_file(checkpoint: str | Path) -> Path:
     """A run folder (its best, else last checkpoint), a checkpoint folder, or a file."""
-    from tokenmixers.train.checkpoint import WEIGHTS, find_checkpoint
-
     path = Path(checkpoint).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path} (pass a run folder or a .safetensors "

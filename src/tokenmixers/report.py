@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tokenmixers.text import format_table
+
 __all__ = ["PLOTS", "summary_rows", "summary_table", "write_report"]
 
 PLOTS = {
@@ -56,10 +58,8 @@ def summary_rows(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[lis
 
 
 def summary_table(records: Sequence[dict[str, Any]]) -> str:
-    from tokenmixers.cli import _table
-
     header, rows = summary_rows(records)
-    return _table(rows, header, "ll" + "r" * (len(header) - 2))
+    return format_table(rows, header, "ll" + "r" * (len(header) - 2))
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from tokenmixers._files import atomic_path
 from tokenmixers.backbones import Backbone
 from tokenmixers.families import FAMILIES
+from tokenmixers.version import __version__
 
 SOURCES = ("tokenmixers", "timm", "official")
 FORMAT = "tokenmixers"
@@ -192,8 +193,6 @@ def save_weights(
             f"save_weights writes safetensors: name the file *.safetensors, not {path}"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    from tokenmixers import __version__
-
     meta = {
         "format": FORMAT,
         "tokenmixers_version": __version__,

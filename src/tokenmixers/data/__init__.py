@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,6 +10,7 @@ from torch.utils.data import Dataset, Subset
 
 from tokenmixers.data.splits import stratified_split
 from tokenmixers.data.transforms import AugmentConfig, Transformed, eval_transform, train_transform
+from tokenmixers.text import did_you_mean
 
 #: ``--data`` names -> (kind, native image size). ``imagefolder:PATH`` is the open-ended one.
 BUILTIN = {"mnist5k": 28, "digits": 8, "cifar10": 32, "cifar100": 32}
@@ -47,9 +47,8 @@ def parse_data(value: str) -> DataSpec:
     if name in BUILTIN:
         return DataSpec(name, path)
     choices = [*BUILTIN, "imagefolder:PATH"]
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.4)
     raise ValueError(
-        f"unknown dataset {value!r}{'; did you mean ' + ', '.join(close) + '?' if close else ''}"
+        f"unknown dataset {value!r}{did_you_mean(name, choices, cutoff=0.4)}"
         f" (choose from {', '.join(choices)})"
     )
 

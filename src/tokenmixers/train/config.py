@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,8 @@ import yaml
 
 from tokenmixers._files import atomic_path, plain
 from tokenmixers.data import DataSpec, parse_data
+from tokenmixers.precision import AMP_CHOICES
+from tokenmixers.text import did_you_mean
 
 #: DeiT's recipe (arXiv 2012.12877) scaled to the dataset. ``lr_base`` is the learning rate
 #: for a global batch of 512 (lr = lr_base * global batch / 512, DeiT's rule).
@@ -31,9 +32,6 @@ RECIPES: dict[str, dict[str, Any]] = {
                      auto_augment="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8, cutmix=1.0,
                      min_lr=1e-5),
 }
-
-AMP_CHOICES = ("none", "bf16", "fp16")
-
 
 @dataclass
 class TrainConfig:
@@ -120,11 +118,6 @@ class ConfigError(ValueError):
     """A bad option name or value."""
 
 
-def suggest(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
-    return f"; did you mean {', '.join(close)}?" if close else ""
-
-
 def parse_literal(text: str) -> Any:
     """A command-line value as a Python literal (``(0.5, 4.0)``, ``1e-3``, ``True``), else
     as YAML (``[1, 2]``, ``true``, ``null``), else the string itself."""
@@ -169,7 +162,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def check_names(options: dict[str, Any], where: str) -> None:
     for key in options:
         if key not in OPTION_NAMES:
-            raise ConfigError(f"unknown option {key!r} in {where}{suggest(key, OPTION_NAMES)}")
+            hint = did_you_mean(key, OPTION_NAMES, cutoff=0.5)
+            raise ConfigError(f"unknown option {key!r} in {where}{hint}")
 
 
 def build_config(options: dict[str, Any]) -> TrainConfig:

@@ -29,7 +29,8 @@ from tokenmixers.data import (
     load_data,
     train_transform,
 )
-from tokenmixers.evaluate import autocast, evaluate
+from tokenmixers.evaluation import evaluate
+from tokenmixers.precision import autocast
 from tokenmixers.train import distributed as D
 from tokenmixers.train.checkpoint import (
     find_checkpoint,
@@ -234,15 +235,39 @@ class _Trainer:
 
     # -- set-up ---------------------------------------------------------------------------
     def _setup(self) -> None:
-        cfg, info = self.cfg, self.info
-        if info.is_main and not self.resuming:
-            check_run_dir(self.run_dir, cfg, overwrite=self.overwrite)
+        """Everything a run needs, in an order that matters: the seed comes before the data
+        and the model (their random draws), and a resumed run's state is loaded before DDP
+        wraps the model, so a resumed run repeats the uninterrupted one bit for bit."""
+        self._claim_run_dir()
+        self._setup_process()
+        self._load_bundle()
+        self._setup_datasets()
+        self._setup_model()
+        self._setup_optimizer()
+        self._setup_scaler_and_ema()
+        self._setup_loss()
+        self._write_config()
+        self._setup_counters()
+        self._wrap_model()
+
+    def _claim_run_dir(self) -> None:
+        """Refuse an output folder holding another run (or clear it with --overwrite)."""
+        if self.info.is_main and not self.resuming:
+            check_run_dir(self.run_dir, self.cfg, overwrite=self.overwrite)
+
+    def _setup_process(self) -> None:
+        """Torch threads, deterministic algorithms and the run's seed."""
+        cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
         seed_all(cfg.seed)
+
+    def _load_bundle(self) -> None:
+        """The raw dataset, into ``self.bundle``."""
+        cfg, info = self.cfg, self.info
 
         def load(download: bool) -> DataBundle:
             return load_data(cfg.data, data_dir=cfg.data_dir, download=download,
@@ -256,6 +281,10 @@ class _Trainer:
         if not info.is_main:
             bundle = load(False)
         self.bundle = bundle
+
+    def _setup_datasets(self) -> None:
+        """The augmented train set and its sampler, and this process's validation loader."""
+        cfg, info, bundle = self.cfg, self.info, self.bundle
         aug = AugmentConfig(scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip,
                             color_jitter=cfg.color_jitter, auto_augment=cfg.auto_augment,
                             reprob=cfg.reprob, no_aug=cfg.no_aug)
@@ -283,21 +312,27 @@ class _Trainer:
                 f"{cfg.batch_size} x {cfg.accum_steps} accumulation steps x "
                 f"{info.world_size} processes; lower --batch-size")
 
+    def _setup_model(self) -> None:
+        """The zoo model for this data, from --initial-checkpoint if given, on the device."""
         from tokenmixers.zoo import create_model
 
-        model = create_model(cfg.model, **model_overrides(cfg, bundle))
+        cfg = self.cfg
+        model = create_model(cfg.model, **model_overrides(cfg, self.bundle))
         if cfg.initial_checkpoint:
             from tokenmixers.weights import load_weights
 
             load_weights(model, cfg.initial_checkpoint)
         if cfg.grad_checkpointing:
             model.set_grad_checkpointing(True)
-        model.to(info.device)
+        model.to(self.info.device)
         self.model = model
 
+    def _setup_optimizer(self) -> None:
+        """The optimizer and the per-update learning-rate schedule, from timm's factories."""
         from timm.optim import create_optimizer_v2
         from timm.scheduler import create_scheduler_v2
 
+        cfg = self.cfg
         opt_kwargs: dict[str, Any] = {}
         if cfg.opt.lower() in ("sgd", "momentum", "nesterov"):
             opt_kwargs["momentum"] = cfg.momentum
@@ -305,20 +340,27 @@ class _Trainer:
             opt_kwargs["eps"] = cfg.opt_eps
         # filter_bias_and_bn: no weight decay on 1-d parameters (norms, biases) nor on the
         # names model.no_weight_decay() lists (position embeddings, class tokens).
-        self.optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr,
+        self.optimizer = create_optimizer_v2(self.model, opt=cfg.opt, lr=cfg.lr,
                                              weight_decay=cfg.weight_decay,
                                              filter_bias_and_bn=True, **opt_kwargs)
         self.scheduler, _ = create_scheduler_v2(
             self.optimizer, sched=cfg.sched, num_epochs=cfg.epochs,
             warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr,
             step_on_epochs=False, updates_per_epoch=self.updates_per_epoch)
-        self.scaler = torch.amp.GradScaler(info.device.type) if cfg.amp == "fp16" else None
+
+    def _setup_scaler_and_ema(self) -> None:
+        """The fp16 gradient scaler and the weights' EMA, each only when asked for."""
+        cfg = self.cfg
+        self.scaler = torch.amp.GradScaler(self.info.device.type) if cfg.amp == "fp16" else None
         self.ema = None
         if cfg.ema:
             from timm.utils import ModelEmaV3
 
-            self.ema = ModelEmaV3(model, decay=cfg.ema_decay)
+            self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay)
 
+    def _setup_loss(self) -> None:
+        """Mixup/CutMix when enabled, and the loss that fits its soft targets (or not)."""
+        cfg = self.cfg
         mix = (cfg.mixup or 0) > 0 or (cfg.cutmix or 0) > 0
         self.mixup = None
         if mix:
@@ -328,20 +370,25 @@ class _Trainer:
                 raise ConfigError("Mixup/CutMix needs an even --batch-size")
             self.mixup = Mixup(mixup_alpha=cfg.mixup or 0.0, cutmix_alpha=cfg.cutmix or 0.0,
                                prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob,
-                               label_smoothing=cfg.smoothing, num_classes=bundle.num_classes)
+                               label_smoothing=cfg.smoothing,
+                               num_classes=self.bundle.num_classes)
             from timm.loss import SoftTargetCrossEntropy
 
             self.criterion: nn.Module = SoftTargetCrossEntropy()
         else:
             self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.smoothing)
 
-        # The run folder gets its config once the data and the model are known to work.
-        if info.is_main and not self.resuming:
+    def _write_config(self) -> None:
+        """The run folder and its config.yaml (a new run only)."""
+        # Called once the data and the model are known to work, so a bad option leaves no
+        # half-made run folder behind.
+        if self.info.is_main and not self.resuming:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_yaml(cfg, self.run_dir / "config.yaml")
-        D.barrier(info)
+            save_yaml(self.cfg, self.run_dir / "config.yaml")
+        D.barrier(self.info)
 
-        # Counters; a resumed run overwrites them.
+    def _setup_counters(self) -> None:
+        """Epoch/step counters and the best score: fresh, or the last checkpoint's on resume."""
         self.epoch = 0
         self.update_in_epoch = 0
         self.global_step = 0
@@ -351,6 +398,9 @@ class _Trainer:
         if self.resuming:
             self._load_last()
 
+    def _wrap_model(self) -> None:
+        """DDP (multi-process) and torch.compile around the model for training and eval."""
+        cfg, info, model = self.cfg, self.info, self.model
         forward: nn.Module = model
         self.ddp = None
         if info.enabled:
