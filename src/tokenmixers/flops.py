@@ -1,9 +1,10 @@
 """Counting multiply-accumulates (MACs) per image, right for every token mixer.
 
 PyTorch's ``FlopCounterMode`` counts matrix products and convolutions at the operator
-level, but on CPU it sees nothing inside ``scaled_dot_product_attention`` or ``nn.LSTM``
-(both count 0) and only part of some recurrent ops. So each token mixer states its cost
-in closed form (``mixer.macs(grid, num_prefix_tokens)``), and the count is
+level, but on CPU it sees nothing inside ``scaled_dot_product_attention``, ``nn.LSTM``,
+poolings or FFTs (all count 0) and only part of some recurrent ops. So every token mixer
+states its cost in closed form (``mixer.macs(grid, num_prefix_tokens)``, required when the
+mixer is registered), and the count is
 
     total = (operator count of the whole model) - (operator count inside mixers)
             + (closed-form count of every mixer)
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from tokenmixers.blocks import Block
 from tokenmixers.layers import to_2tuple
 
 __all__ = ["MacCount", "count_macs"]
@@ -51,10 +53,20 @@ class MacCount:
 
 
 def _mixers(model: nn.Module) -> dict[str, nn.Module]:
-    return {
-        name: m for name, m in model.named_modules()
-        if name.endswith("mixer") and hasattr(m, "macs")
-    }
+    """Every block's token mixer by its module name; one without ``macs`` is an error, not
+    a silent zero."""
+    mixers = {}
+    for name, module in model.named_modules():
+        if isinstance(module, Block):
+            mixer_name = f"{name}.mixer" if name else "mixer"
+            if not callable(getattr(module.mixer, "macs", None)):
+                raise TypeError(
+                    f"the token mixer at {mixer_name} ({type(module.mixer).__name__}) has no "
+                    "macs(grid, num_prefix_tokens): every mixer must state its cost in closed "
+                    "form (see tokenmixers.mixers.TokenMixer)"
+                )
+            mixers[mixer_name] = module.mixer
+    return mixers
 
 
 @torch.no_grad()

@@ -15,8 +15,12 @@ from torch import nn
 __all__ = [
     "POOLINGS",
     "DropPath",
+    "GroupNorm1",
     "Mlp",
     "PatchEmbed",
+    "Scale",
+    "UnitOffsetLayerNorm",
+    "feature_take_indices",
     "grid_to_nchw",
     "interpolate_pos_embed_grid",
     "linear_ramp",
@@ -31,6 +35,30 @@ def linear_ramp(end: float, n: int) -> list[float]:
     if n <= 1:
         return [0.0] * n
     return [end * i / (n - 1) for i in range(n)]
+
+
+def feature_take_indices(
+    num_features: int, indices: int | Sequence[int] | None = None
+) -> tuple[list[int], int]:
+    """timm's convention for which features ``forward_intermediates`` returns: ``None`` ->
+    all, an int ``n`` -> the last ``n``, a sequence -> those (negative from the end).
+    Returns the sorted-as-given indices and the largest one."""
+    if indices is None:
+        indices = num_features
+    if isinstance(indices, int):
+        if not 0 < indices <= num_features:
+            raise ValueError(f"indices={indices}: ask for the last 1 to {num_features} blocks")
+        take = list(range(num_features - indices, num_features))
+    else:
+        take = []
+        for i in indices:
+            j = num_features + i if i < 0 else i
+            if not 0 <= j < num_features:
+                raise ValueError(f"index {i} is out of range for {num_features} blocks")
+            take.append(j)
+    if not take:
+        raise ValueError("indices selects no feature; ask for at least one")
+    return take, max(take)
 
 
 def to_2tuple(value: int | Sequence[int]) -> tuple[int, int]:
@@ -59,6 +87,23 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob:.3f}"
+
+
+class Scale(nn.Module):
+    """A learned per-channel scale ``x * scale`` (``[..., C] -> [..., C]``), ``scale``
+    initialised to ``init_value``: the layer scale of CaiT/MetaFormer (init 1e-5/1e-6, so a
+    deep model starts close to the identity) and MetaFormer's residual scale (init 1)."""
+
+    def __init__(self, dim: int, init_value: float = 1.0) -> None:
+        super().__init__()
+        self.init_value = float(init_value)
+        self.scale = nn.Parameter(torch.full((dim,), self.init_value))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+    def extra_repr(self) -> str:
+        return f"{self.scale.shape[0]}, init_value={self.init_value:g}"
 
 
 class Mlp(nn.Module):
@@ -239,4 +284,18 @@ class GroupNorm1(nn.Module):
         return f"{self.num_channels}, eps={self.eps}, affine={self.weight is not None}"
 
 
-__all__ += ["GroupNorm1"]
+class UnitOffsetLayerNorm(nn.Module):
+    """LayerNorm whose scale is ``1 + γ`` (γ stored as ``weight``, initialised to 0), as in
+    xLSTM/ViL: weight decay then pulls the scale towards 1, not 0. ``[..., C] -> [..., C]``."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-5, bias: bool = False) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (x.shape[-1],), 1 + self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}"

@@ -7,16 +7,17 @@ also registers every entry in timm's registry as ``tm_<name>``.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from tokenmixers._files import plain
 from tokenmixers.backbones import Backbone
 from tokenmixers.families import FAMILIES
+from tokenmixers.text import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -177,11 +178,6 @@ class UnknownModelError(ValueError):
     """An unknown model name; the message suggests the closest names."""
 
 
-def _suggest(word: str, choices: list[str], n: int = 5) -> str:
-    close = difflib.get_close_matches(word, choices, n=n, cutoff=0.4)
-    return f"; did you mean {', '.join(close)}?" if close else ""
-
-
 def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
     """Names in the zoo matching a shell-style ``pattern``, sorted."""
     return sorted(
@@ -195,14 +191,17 @@ def get_spec(name: str) -> ModelSpec:
         return ZOO[name]
     except KeyError:
         raise UnknownModelError(
-            f"unknown model {name!r}{_suggest(name, list(ZOO))} "
+            f"unknown model {name!r}{did_you_mean(name, ZOO, n=5, cutoff=0.4)} "
             "(tokenmixers.list_models() lists them all)"
         ) from None
 
 
 def model_arguments(name: str) -> list[str]:
-    """The override names ``create_model(name, ...)`` accepts."""
-    return list(inspect.signature(FAMILIES[get_spec(name).family].build).parameters)
+    """The override names ``create_model(name, ...)`` accepts (a family whose builder is a
+    ``functools.partial`` fixes the keywords it binds, such as ViL's version)."""
+    build = FAMILIES[get_spec(name).family].build
+    fixed = set(build.keywords) if isinstance(build, partial) else set()
+    return [p for p in inspect.signature(build).parameters if p not in fixed]
 
 
 def create_model(name: str, **overrides: Any) -> Backbone:
@@ -217,7 +216,7 @@ def create_model(name: str, **overrides: Any) -> Backbone:
     unknown = [k for k in overrides if k not in accepted]
     if unknown:
         hints = "; ".join(
-            f"{k!r}{_suggest(k, accepted, n=3)}" for k in unknown
+            f"{k!r}{did_you_mean(k, accepted, cutoff=0.4)}" for k in unknown
         )
         raise TypeError(
             f"{name} does not take {hints}. It accepts (the {family.reference} names): "

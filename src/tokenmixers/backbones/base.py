@@ -1,20 +1,27 @@
 """What every backbone shares: the classifier head and the timm model contract.
 
-Subclasses implement ``_tokens(x) -> (tokens [B, N, C], grid, num_prefix_tokens)`` for the
-final features and ``_intermediates(...)``; everything else (pooling, ``fc_norm``,
-``reset_classifier``, gradient checkpointing, weight-decay exclusions) lives here once.
+A backbone is a stem, a list of feature units (the isotropic skeleton's blocks, the
+hierarchical one's stages) and a final norm. Subclasses say how to run each part
+(``_stem``, ``_feature_units``, ``_unit_forward``, ``_final``, ``_feature_map``);
+``forward_features``, ``forward_intermediates``, ``prune_intermediate_layers``, pooling,
+``fc_norm``, ``reset_classifier``, gradient checkpointing, weight-decay exclusions and the
+initialisation of what the skeleton owns live here once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tokenmixers.layers import POOLINGS, pool_tokens
+from tokenmixers.init import InitScheme, apply_scheme
+from tokenmixers.layers import POOLINGS, feature_take_indices, pool_tokens
+
+#: What flows through a backbone's feature units (tokens and grid, or a channels-last map).
+State = Any
 
 
 class Backbone(nn.Module):
@@ -28,6 +35,13 @@ class Backbone(nn.Module):
 
     num_prefix_tokens: int = 0
     grad_checkpointing: bool = False
+    #: The family's initialisation of the skeleton (set by :meth:`init_weights`).
+    init_scheme: InitScheme | None = None
+
+    def init_weights(self, scheme: InitScheme) -> None:
+        """Initialise what the skeleton owns with ``scheme``; the mixers keep their own init."""
+        self.init_scheme = scheme
+        apply_scheme(self, scheme)
 
     def _init_head(
         self,
@@ -127,9 +141,86 @@ class Backbone(nn.Module):
             return checkpoint(blk, x, grid, use_reentrant=False)
         return blk(x, grid)
 
+    # -- the parts a backbone defines ----------------------------------------------------
+    def _stem(self, x: torch.Tensor) -> State:
+        """Images ``[B, C, H, W]`` -> the state the first feature unit takes."""
+        raise NotImplementedError
+
+    def _feature_units(self) -> Sequence[nn.Module]:
+        """The units ``forward_intermediates`` indexes (blocks or stages)."""
+        raise NotImplementedError
+
+    def _unit_forward(self, unit: nn.Module, state: State) -> State:
+        raise NotImplementedError
+
+    def _final(self, state: State) -> torch.Tensor:
+        """The last unit's state -> ``forward_features``' output (after the final norm)."""
+        raise NotImplementedError
+
+    def _feature_map(
+        self, state: State, index: int, *, norm: bool, return_prefix_tokens: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Unit ``index``'s state -> (``[B, C, h, w]`` map, prefix tokens or None)."""
+        raise NotImplementedError
+
+    def _truncate_units(self, count: int) -> None:
+        """Keep the first ``count`` feature units only."""
+        raise NotImplementedError
+
     # -- forward -----------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        state = self._stem(x)
+        for unit in self._feature_units():
+            state = self._unit_forward(unit, state)
+        return self._final(state)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        return_prefix_tokens: bool = False,
+    ) -> list[Any] | tuple[torch.Tensor, list[Any]]:
+        """Features after the chosen units (timm's contract), as ``[B, C, h, w]`` maps
+        (``output_fmt='NCHW'``) or ``[B, h, w, C]`` (``'NHWC'``); with
+        ``return_prefix_tokens`` each item is a ``(map, prefix tokens)`` pair. ``indices``:
+        ``None`` all, ``n`` the last n, or a list. Returns ``(final features, list)`` unless
+        ``intermediates_only``."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        units = self._feature_units()
+        take, last = feature_take_indices(len(units), indices)
+        state = self._stem(x)
+        out: list[Any] = []
+        for i, unit in enumerate(units[: last + 1] if stop_early else units):
+            state = self._unit_forward(unit, state)
+            if i in take:
+                fmap, prefix = self._feature_map(
+                    state, i, norm=norm, return_prefix_tokens=return_prefix_tokens
+                )
+                if output_fmt == "NHWC":
+                    fmap = fmap.permute(0, 2, 3, 1)
+                out.append((fmap, prefix) if return_prefix_tokens else fmap)
+        if intermediates_only:
+            return out
+        return self._final(state), out
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the units after the last one ``indices`` asks for (and optionally the final
+        norm and the head), for a model used as a feature extractor."""
+        take, last = feature_take_indices(len(self._feature_units()), indices)
+        self._truncate_units(last + 1)
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.fc_norm = nn.Identity()
+            self.reset_classifier(0)
+        return take
 
     def _head_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Features as returned by ``forward_features`` -> ``[B, N, C]`` tokens."""

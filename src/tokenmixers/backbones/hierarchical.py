@@ -20,10 +20,9 @@ import torch
 from torch import nn
 
 from tokenmixers.backbones.base import Backbone
-from tokenmixers.backbones.isotropic import _take_indices
 from tokenmixers.blocks import Block
-from tokenmixers.layers import PatchEmbed, linear_ramp, to_2tuple
-from tokenmixers.mixers import create_mixer
+from tokenmixers.layers import POOLINGS, PatchEmbed, linear_ramp, to_2tuple
+from tokenmixers.mixers.base import create_mixer, get_mixer
 
 
 def _per_stage(value: Any, num_stages: int, name: str) -> list[Any]:
@@ -93,13 +92,16 @@ class HierarchicalBackbone(Backbone):
         depths: Sequence[int] = (2, 2, 6, 2),
         downsample_sizes: Sequence[int] | None = None,
         mlp_ratios: float | Sequence[float | None] | None = 4.0,
+        mlp: bool | None = None,
         norm_layer: Callable[[int], nn.Module] = partial(nn.LayerNorm, eps=1e-6),
         act_layer: Callable[[], nn.Module] = nn.GELU,
         stem_norm: bool = False,
         downsample_norm: bool = False,
         downsample_bias: bool = True,
-        mixer_norm: bool = True,
-        mixer_residual: bool = True,
+        mixer_norm: bool | None = None,
+        mixer_residual: bool | None = None,
+        layer_scale_init_value: float | None = None,
+        res_scale_init_value: float | None = None,
         global_pool: str = "avg",
         drop_rate: float = 0.0,
         stem_drop_rate: float = 0.0,
@@ -142,17 +144,22 @@ class HierarchicalBackbone(Backbone):
                 )
                 grid = (grid[0] // k, grid[1] // k)
             ratio = mlp_ratios_[i]
+            # mlp=None: the mixer's own design decides whether its blocks have a channel MLP.
+            with_mlp = get_mixer(mixers[i]).topology.mlp if mlp is None else mlp
             blocks = [
                 Block(
                     embed_dims[i],
                     create_mixer(
-                        mixers[i], embed_dims[i], grid=grid, **_block_kwargs(mixer_kwargs_[i], j)
+                        mixers[i], embed_dims[i], grid=grid, index=j,
+                        **_block_kwargs(mixer_kwargs_[i], j),
                     ),
                     norm_layer=norm_layer,
                     act_layer=act_layer,
-                    mlp_hidden_dim=int(embed_dims[i] * ratio) if ratio else None,
+                    mlp_hidden_dim=int(embed_dims[i] * ratio) if with_mlp and ratio else None,
                     mixer_norm=mixer_norm,
                     mixer_residual=mixer_residual,
+                    layer_scale_init_value=layer_scale_init_value,
+                    res_scale_init_value=res_scale_init_value,
                     drop_path=dpr[block_idx + j],
                     proj_drop=proj_drop_rate,
                 )
@@ -189,45 +196,41 @@ class HierarchicalBackbone(Backbone):
         t = self._run_blocks(stage.blocks, t, (h, w))
         return t.reshape(b, h, w, c)
 
-    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    # -- the parts the base class runs -------------------------------------------------
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_size(x.shape[-2:])
-        x = self.stem_drop(self.patch_embed(x))
-        for stage in self.stages:
-            x = self._stage_forward(stage, x)
-        return self._final_norm(x)
+        return self.stem_drop(self.patch_embed(x))
+
+    def _feature_units(self) -> nn.ModuleList:
+        return self.stages
+
+    def _unit_forward(self, unit: nn.Module, state: torch.Tensor) -> torch.Tensor:
+        return self._stage_forward(unit, state)
+
+    def _final(self, state: torch.Tensor) -> torch.Tensor:
+        return self.norm(state)
+
+    def _feature_map(
+        self, state: torch.Tensor, index: int, *, norm: bool, return_prefix_tokens: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # The final norm belongs to the last stage's output only.
+        y = self.norm(state) if norm and index == len(self.stages) - 1 else state
+        prefix = y.new_zeros(y.shape[0], 0, y.shape[-1]) if return_prefix_tokens else None
+        return y.permute(0, 3, 1, 2), prefix
+
+    def _truncate_units(self, count: int) -> None:
+        if count < len(self.stages):
+            # The final norm and the head are sized for the last stage, which goes: the
+            # features now end at stage count-1 and are not normalised.
+            self.stages = self.stages[:count]
+            self.embed_dims, self.strides = self.embed_dims[:count], self.strides[:count]
+            self.norm = nn.Identity()
+            self.num_features = self.embed_dims[-1]
+            self.head_hidden_size = self.num_features * POOLINGS[self.global_pool][1]
+            self.reset_classifier(self.num_classes)
 
     def _head_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1, 2)
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Each chosen stage's output as ``[B, C_i, H/s_i, W/s_i]`` (``NCHW``) or ``NHWC``."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take = _take_indices(len(self.stages), indices)
-        self._check_input_size(x.shape[-2:])
-        x = self.stem_drop(self.patch_embed(x))
-        stages = self.stages[: max(take) + 1] if stop_early else self.stages
-        out = []
-        for i, stage in enumerate(stages):
-            x = self._stage_forward(stage, x)
-            if i in take:
-                # The final norm belongs to the last stage's output only.
-                y = self._final_norm(x) if norm and i == len(self.stages) - 1 else x
-                out.append(y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y)
-        if intermediates_only:
-            return out
-        return self._final_norm(x), out
 
     @property
     def feature_info(self) -> list[dict[str, Any]]:
@@ -235,4 +238,3 @@ class HierarchicalBackbone(Backbone):
             {"num_chs": c, "reduction": s, "module": f"stages.{i}"}
             for i, (c, s) in enumerate(zip(self.embed_dims, self.strides))
         ]
-

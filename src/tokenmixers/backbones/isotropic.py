@@ -22,7 +22,7 @@ from tokenmixers.layers import (
     linear_ramp,
     to_2tuple,
 )
-from tokenmixers.mixers import create_mixer
+from tokenmixers.mixers.base import create_mixer, get_mixer
 
 #: ``learned``: timm's flat ``[1, (P +) h*w, D]`` table, resampled as timm does;
 #: ``learned_grid``: a ``[1, h, w, D]`` table (``pos_embed.embed``, ViL's layout) added on
@@ -40,24 +40,6 @@ class GridPosEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + interpolate_pos_embed_grid(self.embed, x.shape[1:3])
-
-
-def _take_indices(num: int, indices: int | Sequence[int] | None) -> list[int]:
-    """timm's convention: None -> all, int n -> the last n, sequence -> those (negatives from
-    the end)."""
-    if indices is None:
-        indices = num
-    if isinstance(indices, int):
-        if not 0 < indices <= num:
-            raise ValueError(f"indices={indices}: ask for the last 1 to {num} blocks")
-        return list(range(num - indices, num))
-    out = []
-    for i in indices:
-        j = num + i if i < 0 else i
-        if not 0 <= j < num:
-            raise ValueError(f"index {i} is out of range for {num} blocks")
-        out.append(j)
-    return out
 
 
 class IsotropicBackbone(Backbone):
@@ -80,6 +62,7 @@ class IsotropicBackbone(Backbone):
         embed_dim: int = 768,
         depth: int = 12,
         mlp_ratio: float | None = 4.0,
+        mlp: bool | None = None,
         class_token: bool = False,
         pos_embed: str = "learned",
         no_embed_class: bool = False,
@@ -89,8 +72,10 @@ class IsotropicBackbone(Backbone):
         norm_layer: Callable[[int], nn.Module] = partial(nn.LayerNorm, eps=1e-6),
         final_norm_layer: Callable[[int], nn.Module] | None = None,
         act_layer: Callable[[], nn.Module] = nn.GELU,
-        mixer_norm: bool = True,
-        mixer_residual: bool = True,
+        mixer_norm: bool | None = None,
+        mixer_residual: bool | None = None,
+        layer_scale_init_value: float | None = None,
+        res_scale_init_value: float | None = None,
         stem_bias: bool = True,
         drop_rate: float = 0.0,
         pos_drop_rate: float = 0.0,
@@ -137,18 +122,22 @@ class IsotropicBackbone(Backbone):
             per_block = [dict(k) for k in mixer_kwargs]
         else:
             per_block = [dict(mixer_kwargs or {}) for _ in range(depth)]
+        if mlp is None:  # the mixer's own design
+            mlp = get_mixer(mixer).topology.mlp
         self.blocks = nn.ModuleList(
             Block(
                 embed_dim,
                 create_mixer(
                     mixer, embed_dim, grid=self.grid_size,
-                    num_prefix_tokens=self.num_prefix_tokens, **per_block[i],
+                    num_prefix_tokens=self.num_prefix_tokens, index=i, **per_block[i],
                 ),
                 norm_layer=norm_layer,
                 act_layer=act_layer,
-                mlp_hidden_dim=int(embed_dim * mlp_ratio) if mlp_ratio else None,
+                mlp_hidden_dim=int(embed_dim * mlp_ratio) if mlp and mlp_ratio else None,
                 mixer_norm=mixer_norm,
                 mixer_residual=mixer_residual,
+                layer_scale_init_value=layer_scale_init_value,
+                res_scale_init_value=res_scale_init_value,
                 drop_path=dpr[i],
                 proj_drop=proj_drop_rate,
             )
@@ -168,7 +157,8 @@ class IsotropicBackbone(Backbone):
             fc_norm_layer=fc_norm_layer, drop_rate=drop_rate,
         )
         self._fixed_grids = sorted(
-            {tuple(b.mixer.fixed_grid) for b in self.blocks if hasattr(b.mixer, "fixed_grid")}
+            {tuple(b.mixer.fixed_grid) for b in self.blocks
+             if getattr(b.mixer, "fixed_grid", None) is not None}
         )
 
     # -- embedding -----------------------------------------------------------------------
@@ -222,56 +212,38 @@ class IsotropicBackbone(Backbone):
             num_prefix_tokens=0 if self.no_embed_class else self.num_prefix_tokens,
         )
 
-    # -- forward ---------------------------------------------------------------------------
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x, grid = self._embed(x)
-        x = self._run_blocks(self.blocks, x, grid)
-        return self.norm(x)
+    # -- the parts the base class runs -------------------------------------------------
+    def _stem(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        return self._embed(x)
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-        return_prefix_tokens: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Features after the chosen blocks, as ``[B, D, h, w]`` maps (``output_fmt='NCHW'``)
-        or ``[B, h, w, D]`` (``'NHWC'``); with ``return_prefix_tokens`` each item is a
-        ``(map, prefix tokens)`` pair. Returns ``(final features, list)`` unless
-        ``intermediates_only``."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take = _take_indices(len(self.blocks), indices)
-        last = max(take)
-        x, grid = self._embed(x)
-        blocks = self.blocks[: last + 1] if stop_early else self.blocks
-        out: list[Any] = []
-        for i, blk in enumerate(blocks):
-            x = self._run_block(blk, x, grid)
-            if i in take:
-                y = self.norm(x) if norm else x
-                fmap = grid_to_nchw(y, grid, self.num_prefix_tokens)
-                if output_fmt == "NHWC":
-                    fmap = fmap.permute(0, 2, 3, 1)
-                if return_prefix_tokens:
-                    fmap = (fmap, y[:, : self.num_prefix_tokens])
-                out.append(fmap)
-        if intermediates_only:
-            return out
-        return self.norm(x), out
+    def _feature_units(self) -> nn.ModuleList:
+        return self.blocks
 
-    def prune_intermediate_layers(
-        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Drop the blocks after the last one ``indices`` asks for (and optionally the head)."""
-        take = _take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[: max(take) + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.fc_norm = nn.Identity()
-            self.reset_classifier(0)
-        return take
+    def _unit_forward(
+        self, unit: nn.Module, state: tuple[torch.Tensor, tuple[int, int]]
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        x, grid = state
+        return self._run_block(unit, x, grid), grid
+
+    def _final(self, state: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
+        return self.norm(state[0])
+
+    def _feature_map(
+        self, state: tuple[torch.Tensor, tuple[int, int]], index: int, *, norm: bool,
+        return_prefix_tokens: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, grid = state
+        y = self.norm(x) if norm else x
+        prefix = y[:, : self.num_prefix_tokens] if return_prefix_tokens else None
+        return grid_to_nchw(y, grid, self.num_prefix_tokens), prefix
+
+    def _truncate_units(self, count: int) -> None:
+        self.blocks = self.blocks[:count]
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        reduction = self.patch_embed.stride[0]
+        return [
+            {"num_chs": self.embed_dim, "reduction": reduction, "module": f"blocks.{i}"}
+            for i in range(len(self.blocks))
+        ]

@@ -7,58 +7,35 @@ same ratio, the position embedding (isotropic) or convolutional downsampling
 (hierarchical), average pooling and the linear head. So two such models with different
 ``mixer`` differ in the token mixer only.
 
-Each mixer's own options get width-scaled defaults (:data:`MIXER_DEFAULTS`) that
-``mixer_kwargs`` can override. One part of a mixer's design is kept with it because it
-is what the mixer is: ShiftViT's shift replaces the token (no norm, no residual around
-it), and ViL's mLSTM alternates its scan direction from block to block.
+Everything about the mixer comes from the mixer (:mod:`tokenmixers.mixers.base`): its
+options' width-scaled and per-block defaults (which ``mixer_kwargs`` can override), the
+part of its topology that is what the mixer is (ShiftViT's shift replaces the token: no
+norm, no residual around it) and its own initialisation. The channel MLP is the
+skeleton's: every mixer gets the same one (``mlp_ratio``), even one whose own design has
+none (ViL's mLSTM), so that a comparison changes the mixer only. Layer scale and residual
+scale (MetaFormer's) are options for every mixer, off by default.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from timm.layers import trunc_normal_
 from torch import nn
 
 from tokenmixers.backbones import HierarchicalBackbone, IsotropicBackbone
 from tokenmixers.families import Family, register_family
-from tokenmixers.mixers import MIXERS
+from tokenmixers.init import InitScheme, init_linear, trunc_normal_002
 
-#: mixer name -> (width, block index) -> default options for that block's mixer.
-MIXER_DEFAULTS: dict[str, Callable[[int, int], dict[str, Any]]] = {
-    "attention": lambda dim, i: {"num_heads": max(1, dim // 32)},
-    "token_mlp": lambda dim, i: {"mlp_ratio": 0.5},
-    "shift": lambda dim, i: {"n_div": 12},
-    "lstm2d": lambda dim, i: {"hidden_size": max(1, dim // 4)},
-    "mlstm": lambda dim, i: {"traversals": ("row_reversed",) if i % 2 else ("row",)},
-}
-#: Block topology that belongs to a mixer (see the module docstring).
-MIXER_TOPOLOGY: dict[str, dict[str, bool]] = {
-    "shift": {"mixer_norm": False, "mixer_residual": False},
-}
-
-
-def _mixer_options(
-    mixer: str, dim: int, count: int, overrides: dict[str, Any] | None
-) -> list[dict[str, Any]]:
-    if mixer not in MIXERS:
-        # create_mixer raises the error with suggestions; give it a chance to.
-        return [dict(overrides or {}) for _ in range(count)]
-    defaults = MIXER_DEFAULTS.get(mixer, lambda d, i: {})
-    return [{**defaults(dim, i), **(overrides or {})} for i in range(count)]
-
-
-def _init(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-    pos = getattr(model, "pos_embed", None)
-    if isinstance(pos, nn.Parameter):
-        trunc_normal_(pos, std=0.02)
+#: The skeleton's own parts: truncated normal (std 0.02) linear layers and position
+#: embedding with zero biases (ViT's scheme); the stem keeps PyTorch's default.
+GENERIC_INIT = InitScheme(
+    "generic (ViT-style)",
+    linear=partial(init_linear, weight=trunc_normal_002),
+    head=partial(init_linear, weight=trunc_normal_002),
+    pos_embed=trunc_normal_002,
+)
 
 
 def build_isotropic(
@@ -74,21 +51,23 @@ def build_isotropic(
     mlp_ratio: float = 4.0,
     pos_embed: str = "learned",
     global_pool: str = "avg",
+    layer_scale_init_value: float | None = None,
+    res_scale_init_value: float | None = None,
     drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
 ) -> IsotropicBackbone:
     """``depth`` blocks of ``mixer`` at width ``embed_dim`` on a grid of patches."""
     model = IsotropicBackbone(
-        mixer=mixer,
-        mixer_kwargs=_mixer_options(mixer, embed_dim, depth, mixer_kwargs),
+        mixer=mixer, mixer_kwargs=mixer_kwargs,
         img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
-        embed_dim=embed_dim, depth=depth, mlp_ratio=mlp_ratio, pos_embed=pos_embed,
+        embed_dim=embed_dim, depth=depth, mlp_ratio=mlp_ratio, mlp=True, pos_embed=pos_embed,
         global_pool=global_pool, norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        layer_scale_init_value=layer_scale_init_value,
+        res_scale_init_value=res_scale_init_value,
         drop_rate=drop_rate, drop_path_rate=drop_path_rate,
-        **MIXER_TOPOLOGY.get(mixer, {}),
     )
     model.family = "isotropic"
-    _init(model)
+    model.init_weights(GENERIC_INIT)
     return model
 
 
@@ -105,6 +84,8 @@ def build_hierarchical(
     downsample_sizes: Sequence[int] | None = None,
     mlp_ratio: float = 4.0,
     global_pool: str = "avg",
+    layer_scale_init_value: float | None = None,
+    res_scale_init_value: float | None = None,
     drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
 ) -> HierarchicalBackbone:
@@ -113,18 +94,16 @@ def build_hierarchical(
     if len(embed_dims) != len(depths):
         raise ValueError(f"embed_dims has {len(embed_dims)} entries, depths {len(depths)}")
     model = HierarchicalBackbone(
-        mixer=mixer,
-        mixer_kwargs=[
-            _mixer_options(mixer, d, n, mixer_kwargs) for d, n in zip(embed_dims, depths)
-        ],
+        mixer=mixer, mixer_kwargs=mixer_kwargs,
         img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
         embed_dims=embed_dims, depths=depths, downsample_sizes=downsample_sizes,
-        mlp_ratios=mlp_ratio, norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        global_pool=global_pool, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
-        **MIXER_TOPOLOGY.get(mixer, {}),
+        mlp_ratios=mlp_ratio, mlp=True, norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        global_pool=global_pool, layer_scale_init_value=layer_scale_init_value,
+        res_scale_init_value=res_scale_init_value,
+        drop_rate=drop_rate, drop_path_rate=drop_path_rate,
     )
     model.family = "hierarchical"
-    _init(model)
+    model.init_weights(GENERIC_INIT)
     return model
 
 

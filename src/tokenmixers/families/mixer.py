@@ -7,11 +7,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 
-from timm.layers import lecun_normal_
 from torch import nn
 
 from tokenmixers.backbones import IsotropicBackbone
 from tokenmixers.families import Family, register_family, rename_keys
+from tokenmixers.init import InitScheme, init_linear, lecun_normal, tiny_normal
+
+#: The Mixer paper's (JAX) scheme as timm reproduces it: Xavier-uniform MLPs with tiny
+#: biases, a LeCun-normal patch embedding and a zero classifier. (The token MLP initialises
+#: itself the same way.)
+MIXER_INIT = InitScheme(
+    "MLP-Mixer (timm)",
+    linear=partial(init_linear, weight=nn.init.xavier_uniform_, bias=tiny_normal),
+    conv=partial(init_linear, weight=lecun_normal),
+    head=partial(init_linear, weight=nn.init.zeros_),
+)
 
 
 def build_mixer(
@@ -55,26 +65,8 @@ def build_mixer(
         drop_path_rate=drop_path_rate,
     )
     model.family = "mixer"
-    _init_mixer(model)
+    model.init_weights(MIXER_INIT)
     return model
-
-
-def _init_mixer(model: IsotropicBackbone) -> None:
-    # The Mixer paper's (JAX) scheme as timm reproduces it: Xavier-uniform linear layers with
-    # tiny MLP biases, LeCun-normal patch embedding, and a zero classifier.
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            if name == "head":
-                nn.init.zeros_(module.weight)
-                nn.init.zeros_(module.bias)
-                continue
-            nn.init.xavier_uniform_(module.weight)
-            if module.bias is not None:
-                nn.init.normal_(module.bias, std=1e-6)
-        elif isinstance(module, nn.Conv2d):
-            lecun_normal_(module.weight)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
 
 
 MIXER = register_family(

@@ -8,11 +8,28 @@ import math
 from collections.abc import Sequence
 from functools import partial
 
-from timm.layers import lecun_normal_
 from torch import nn
 
 from tokenmixers.backbones import HierarchicalBackbone
 from tokenmixers.families import Family, register_family, rename_keys
+from tokenmixers.init import InitScheme, init_linear, lecun_normal, tiny_normal
+
+
+def _head_init(head: nn.Linear, *, bias: float) -> None:
+    nn.init.zeros_(head.weight)
+    nn.init.constant_(head.bias, bias)
+
+
+def sequencer_init(head_bias: float = 0.0) -> InitScheme:
+    """The scheme of the authors' (timm-based) code: Xavier-uniform channel MLPs with tiny
+    biases, LeCun-normal convolutions, a zero classifier whose bias is ``head_bias``. (The
+    BiLSTM2D mixer initialises its recurrent weights and fusion fc itself.)"""
+    return InitScheme(
+        "Sequencer2D (timm)",
+        linear=partial(init_linear, weight=nn.init.xavier_uniform_, bias=tiny_normal),
+        conv=partial(init_linear, weight=lecun_normal),
+        head=partial(_head_init, bias=head_bias),
+    )
 
 
 def build_sequencer2d(
@@ -24,7 +41,7 @@ def build_sequencer2d(
     layers: Sequence[int] = (4, 3, 8, 3),
     patch_sizes: Sequence[int] = (7, 2, 1, 1),
     embed_dims: Sequence[int] = (192, 384, 384, 384),
-    hidden_sizes: Sequence[int] = (48, 96, 96, 96),
+    hidden_sizes: Sequence[int] | None = None,
     mlp_ratios: Sequence[float] = (3.0, 3.0, 3.0, 3.0),
     num_rnn_layers: int = 1,
     bidirectional: bool = True,
@@ -39,18 +56,20 @@ def build_sequencer2d(
 ) -> HierarchicalBackbone:
     """A Sequencer2D. ``patch_sizes[0]`` is the stem's patch size and ``patch_sizes[i]``
     (i > 0) the kernel and stride of the convolution that starts stage i (1: a 1×1 conv
-    that only changes the width). ``rnn_type``: ``lstm`` (the paper's models), ``gru`` or
+    that only changes the width). ``hidden_sizes=None``: the BiLSTM2D mixer's own default,
+    D = C/4 per stage. ``rnn_type``: ``lstm`` (the paper's models), ``gru`` or
     ``rnn`` (tanh). Drop path ramps linearly over the blocks, as in the paper (timm uses one
     rate for every block)."""
     n = len(layers)
     for arg, value in (("patch_sizes", patch_sizes), ("embed_dims", embed_dims),
                        ("hidden_sizes", hidden_sizes), ("mlp_ratios", mlp_ratios)):
-        if len(value) != n:
+        if value is not None and len(value) != n:
             raise ValueError(f"{arg} has {len(value)} entries for {n} stages (layers={layers})")
+    common = {"bidirectional": bidirectional, "union": union, "with_fc": with_fc,
+              "rnn_type": rnn_type, "num_layers": num_rnn_layers}
     mixer_kwargs = [
-        {"hidden_size": hidden, "bidirectional": bidirectional, "union": union,
-         "with_fc": with_fc, "rnn_type": rnn_type, "num_layers": num_rnn_layers}
-        for hidden in hidden_sizes
+        common if hidden_sizes is None else {**common, "hidden_size": hidden_sizes[i]}
+        for i in range(n)
     ]
     model = HierarchicalBackbone(
         mixer="lstm2d",
@@ -72,36 +91,8 @@ def build_sequencer2d(
         drop_path_rate=drop_path_rate,
     )
     model.family = "sequencer2d"
-    _init_sequencer(model, head_bias=-math.log(num_classes) if nlhb and num_classes else 0.0)
+    model.init_weights(sequencer_init(-math.log(num_classes) if nlhb and num_classes else 0.0))
     return model
-
-
-def _init_sequencer(model: HierarchicalBackbone, head_bias: float) -> None:
-    # The scheme of the authors' (timm-based) code: Xavier-uniform linear layers with zero
-    # biases (tiny random ones in the channel MLPs), LeCun-normal convolutions, a zero
-    # classifier, and every recurrent weight uniform in ±1/sqrt(hidden size).
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            if name == "head":
-                nn.init.zeros_(module.weight)
-                nn.init.constant_(module.bias, head_bias)
-                continue
-            nn.init.xavier_uniform_(module.weight)
-            if ".mlp." in name:
-                nn.init.normal_(module.bias, std=1e-6)
-            else:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Conv2d):
-            lecun_normal_(module.weight)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.RNNBase):
-            bound = 1.0 / math.sqrt(module.hidden_size)
-            for weight in module.parameters():
-                nn.init.uniform_(weight, -bound, bound)
 
 
 SEQUENCER2D = register_family(

@@ -4,20 +4,31 @@ with the argument names and checkpoint layout of the authors' code (microsoft/SP
 ``models/shiftvit.py``).
 
 Each block is ``x = shift(x); x = x + drop_path(mlp(norm(x)))``: the shift replaces
-attention, with no norm and no residual of its own. Every norm is GroupNorm with one group.
+attention, with no norm and no residual of its own (the shift mixer's own topology). Every
+norm is GroupNorm with one group.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import partial
 
-from timm.layers import trunc_normal_
 from torch import nn
 
 from tokenmixers.backbones import HierarchicalBackbone
 from tokenmixers.families import Family, StateDict, register_family
+from tokenmixers.init import InitScheme, init_linear, trunc_normal_002
 from tokenmixers.layers import GroupNorm1
+
+#: The authors' scheme: truncated normal (std 0.02) for every linear and conv weight, zero
+#: biases; norms start as the identity (their default).
+SHIFTVIT_INIT = InitScheme(
+    "ShiftViT (microsoft/SPACH)",
+    linear=partial(init_linear, weight=trunc_normal_002),
+    conv=partial(init_linear, weight=trunc_normal_002),
+    head=partial(init_linear, weight=trunc_normal_002),
+)
 
 
 def build_shiftvit(
@@ -57,25 +68,13 @@ def build_shiftvit(
         # without bias); here that is the downsample opening stages 1-3.
         downsample_norm=True,
         downsample_bias=False,
-        mixer_norm=False,
-        mixer_residual=False,
         stem_drop_rate=drop_rate,
         proj_drop_rate=drop_rate,
         drop_path_rate=drop_path_rate,
     )
     model.family = "shiftvit"
-    _init_shiftvit(model)
+    model.init_weights(SHIFTVIT_INIT)
     return model
-
-
-def _init_shiftvit(model: HierarchicalBackbone) -> None:
-    # The authors' scheme: truncated normal (std 0.02) for every linear and conv weight,
-    # zero biases; norms start as the identity (their default).
-    for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
 
 
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.(blocks\.\d+\.|downsample\.)(.*)$")

@@ -22,8 +22,9 @@ from torch import nn
 
 from tokenmixers.backbones import IsotropicBackbone
 from tokenmixers.families import Family, StateDict, register_family
-from tokenmixers.layers import POOLINGS, register_pooling
-from tokenmixers.mixers.mlstm import BACKENDS, DEFAULT_CHUNK_SIZE, UnitOffsetLayerNorm
+from tokenmixers.init import InitScheme, init_linear, trunc_normal_002
+from tokenmixers.layers import POOLINGS, UnitOffsetLayerNorm, register_pooling
+from tokenmixers.mixers.mlstm import DEFAULT_CHUNK_SIZE, check_backend
 
 # ---- poolings (the paper's classification-design ablation) ----------------------------
 
@@ -68,9 +69,11 @@ _POOLING_ALIASES = {"bilateral_flatten": "bilateral_concat"}
 DIRECTIONS = ("alternate", "unidirectional", "bidirectional", "quad")
 
 
-def _traversals(direction: str, num_blocks: int) -> list[tuple[str, ...]]:
-    if direction == "alternate":  # block i runs from the bottom-right iff i is odd
-        return [("row_reversed",) if i % 2 else ("row",) for i in range(num_blocks)]
+def _traversals(direction: str, num_blocks: int) -> list[tuple[str, ...]] | None:
+    """Each block's scan orders; None for ViL's own design, which the mLSTM mixer's
+    defaults give (odd blocks run from the bottom-right)."""
+    if direction == "alternate":
+        return None
     if direction == "unidirectional":
         return [("row",)] * num_blocks
     if direction == "bidirectional":  # both row orders in every block (shared weights)
@@ -80,28 +83,52 @@ def _traversals(direction: str, num_blocks: int) -> list[tuple[str, ...]]:
     raise ValueError(f"unknown direction {direction!r}; choose from {DIRECTIONS}")
 
 
-def _build(
+#: The authors' init of what the skeleton owns: the position embedding and class token
+#: (truncated normal, std 0.02) and a near-zero head; the stem keeps PyTorch's default, the
+#: 1+γ norms start at γ = 0, and the mLSTM layers initialise themselves.
+VIL_INIT = InitScheme(
+    "Vision-LSTM (NX-AI/vision-lstm)",
+    head=partial(init_linear, weight=partial(nn.init.trunc_normal_, std=2e-5)),
+    pos_embed=trunc_normal_002,
+    cls_token=trunc_normal_002,
+)
+#: Per version: the default ``depth`` (v1 blocks, v2 block pairs) and pooling.
+_VERSIONS = {1: (24, "bilateral_avg"), 2: (12, "bilateral_concat")}
+
+
+def build_vil(
     *,
-    version: int,
-    dim: int,
-    num_blocks: int,
-    patch_size: int,
-    stride: int | None,
-    img_size: int | Sequence[int],
-    in_chans: int,
-    num_classes: int,
-    pooling: str,
-    direction: str,
-    drop_path_rate: float,
-    drop_rate: float,
-    backend: str,
-    chunk_size: int,
+    version: int = 1,
+    dim: int = 192,
+    depth: int | None = None,
+    patch_size: int = 16,
+    stride: int | None = None,
+    img_size: int | Sequence[int] = 224,
+    in_chans: int = 3,
+    num_classes: int = 1000,
+    pooling: str | None = None,
+    direction: str = "alternate",
+    drop_path_rate: float = 0.0,
+    drop_rate: float = 0.0,
+    backend: str = "auto",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> IsotropicBackbone:
+    """A Vision-LSTM. v1: ``depth`` mLSTM blocks (default 24, directions alternate, block 0
+    from the top-left), ``bilateral_avg`` pooling. v2: ``depth`` block *pairs* (default 12;
+    top-left, then bottom-right), ``bilateral_concat`` pooling; its 3x3 convolution runs on
+    the actual input grid, so any resolution works. ``stride < patch_size`` gives
+    overlapping patches; ``backend`` picks the mLSTM form (``auto``, ``parallel``,
+    ``chunkwise``, ``recurrent``, ``kernels``)."""
+    if version not in _VERSIONS:
+        raise ValueError(f"version must be 1 or 2, got {version!r}")
+    default_depth, default_pooling = _VERSIONS[version]
+    depth = default_depth if depth is None else depth
+    num_blocks = 2 * depth if version == 2 else depth
+    pooling = pooling or default_pooling
     pooling = _POOLING_ALIASES.get(pooling, pooling)
     if pooling not in POOLING_CHOICES:
         raise ValueError(f"unknown pooling {pooling!r}; choose from {POOLING_CHOICES}")
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+    check_backend(backend, what="backend")
     v2 = version == 2
     common = {
         "conv": "2d" if v2 else "causal1d",
@@ -111,7 +138,10 @@ def _build(
         "backend": backend,
         "chunk_size": chunk_size,
     }
-    mixer_kwargs = [{**common, "traversals": t} for t in _traversals(direction, num_blocks)]
+    traversals = _traversals(direction, num_blocks)
+    mixer_kwargs = common if traversals is None else [
+        {**common, "traversals": t} for t in traversals
+    ]
     model = IsotropicBackbone(
         mixer="mlstm",
         mixer_kwargs=mixer_kwargs,
@@ -122,7 +152,6 @@ def _build(
         num_classes=num_classes,
         embed_dim=dim,
         depth=num_blocks,
-        mlp_ratio=None,
         class_token=pooling in ("cls_first", "cls_middle"),
         pos_embed="learned_grid",
         global_pool=pooling,
@@ -134,72 +163,8 @@ def _build(
         drop_path_schedule="constant",
     )
     model.family = "vil2" if v2 else "vil"
-    _init_vil(model)
+    model.init_weights(VIL_INIT)
     return model
-
-
-def _init_vil(model: IsotropicBackbone) -> None:
-    # The mLSTM layers and the 1+γ norms initialise themselves (γ = 0); here: the position
-    # embedding (truncated normal, std 0.02), a near-zero head, and the class token.
-    nn.init.trunc_normal_(model.pos_embed.embed, std=0.02)
-    if model.cls_token is not None:
-        nn.init.trunc_normal_(model.cls_token, std=0.02)
-    if isinstance(model.head, nn.Linear):
-        nn.init.trunc_normal_(model.head.weight, std=2e-5)
-        nn.init.zeros_(model.head.bias)
-
-
-def build_vil(
-    *,
-    dim: int = 192,
-    depth: int = 24,
-    patch_size: int = 16,
-    stride: int | None = None,
-    img_size: int | Sequence[int] = 224,
-    in_chans: int = 3,
-    num_classes: int = 1000,
-    pooling: str = "bilateral_avg",
-    direction: str = "alternate",
-    drop_path_rate: float = 0.0,
-    drop_rate: float = 0.0,
-    backend: str = "auto",
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> IsotropicBackbone:
-    """ViL v1: ``depth`` mLSTM blocks (directions alternate, block 0 from the top-left).
-    ``stride < patch_size`` gives overlapping patches; ``backend`` picks the mLSTM form
-    (``auto``, ``parallel``, ``chunkwise``, ``recurrent``, ``kernels``)."""
-    return _build(
-        version=1, dim=dim, num_blocks=depth, patch_size=patch_size, stride=stride,
-        img_size=img_size, in_chans=in_chans, num_classes=num_classes, pooling=pooling,
-        direction=direction, drop_path_rate=drop_path_rate, drop_rate=drop_rate,
-        backend=backend, chunk_size=chunk_size,
-    )
-
-
-def build_vil2(
-    *,
-    dim: int = 192,
-    depth: int = 12,
-    patch_size: int = 16,
-    stride: int | None = None,
-    img_size: int | Sequence[int] = 224,
-    in_chans: int = 3,
-    num_classes: int = 1000,
-    pooling: str = "bilateral_concat",
-    direction: str = "alternate",
-    drop_path_rate: float = 0.0,
-    drop_rate: float = 0.0,
-    backend: str = "auto",
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> IsotropicBackbone:
-    """ViL v2: ``depth`` block *pairs* (top-left, then bottom-right), so ``2 * depth``
-    blocks. The 3x3 convolution runs on the actual input grid, so any resolution works."""
-    return _build(
-        version=2, dim=dim, num_blocks=2 * depth, patch_size=patch_size, stride=stride,
-        img_size=img_size, in_chans=in_chans, num_classes=num_classes, pooling=pooling,
-        direction=direction, drop_path_rate=drop_path_rate, drop_rate=drop_rate,
-        backend=backend, chunk_size=chunk_size,
-    )
 
 
 # ---- the authors' checkpoints ---------------------------------------------------------
@@ -242,7 +207,7 @@ _TINY = {"img_size": 32, "patch_size": 8, "dim": 32, "num_classes": 10}
 VIL = register_family(
     Family(
         name="vil",
-        build=build_vil,
+        build=partial(build_vil, version=1),
         reference=f"{_REFERENCE} VisionLSTM (vision_lstm.py)",
         converters={"official": partial(_convert, version=1)},
         tiny={**_TINY, "depth": 2},
@@ -251,7 +216,7 @@ VIL = register_family(
 VIL2 = register_family(
     Family(
         name="vil2",
-        build=build_vil2,
+        build=partial(build_vil, version=2),
         reference=f"{_REFERENCE} VisionLSTM2 (vision_lstm2.py)",
         converters={"official": partial(_convert, version=2)},
         tiny={**_TINY, "depth": 1},

@@ -6,11 +6,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 
-from timm.layers import trunc_normal_
 from torch import nn
 
 from tokenmixers.backbones import IsotropicBackbone
 from tokenmixers.families import Family, register_family, rename_keys
+from tokenmixers.init import InitScheme, init_linear, trunc_normal_002
+
+#: ViT/DeiT as timm initialises it: truncated normal (std 0.02) for the linear layers and
+#: the position embedding, a near-zero class token, zero biases; the stem keeps PyTorch's
+#: default. (The attention mixer initialises its qkv and proj the same way itself.)
+VIT_INIT = InitScheme(
+    "ViT (timm)",
+    linear=partial(init_linear, weight=trunc_normal_002),
+    head=partial(init_linear, weight=trunc_normal_002),
+    pos_embed=trunc_normal_002,
+    cls_token=partial(nn.init.normal_, std=1e-6),
+)
 
 
 def build_vit(
@@ -66,22 +77,8 @@ def build_vit(
         drop_path_rate=drop_path_rate,
     )
     model.family = "vit"
-    _init_vit(model)
+    model.init_weights(VIT_INIT)
     return model
-
-
-def _init_vit(model: IsotropicBackbone) -> None:
-    # ViT/DeiT initialisation: truncated normal (std 0.02) for linear layers and the
-    # position embedding, a near-zero class token, zero biases.
-    if model.pos_embed is not None:
-        trunc_normal_(model.pos_embed, std=0.02)
-    if model.cls_token is not None:
-        nn.init.normal_(model.cls_token, std=1e-6)
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
 
 
 VIT = register_family(

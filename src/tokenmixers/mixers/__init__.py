@@ -1,95 +1,47 @@
-"""Token mixers: one module per file, all behind one contract.
+"""Token mixers: one module per file, all behind one contract (:mod:`tokenmixers.mixers.base`).
 
 A mixer maps ``[B, N, C]`` tokens to ``[B, N, C]`` tokens and is called as
 ``mixer(x, grid=(h, w))``: the last ``h*w`` tokens are the grid in row-major order and
 any before them are prefix tokens (a class token). The grid is a property of the
-input, not of the constructor, wherever the mixer allows it; a mixer that is built for
-one grid (the token MLP) sets ``fixed_grid`` and refuses any other.
+input, not of the constructor, wherever the mixer allows it.
 
-Each mixer registers its class (or a factory, where options need translating) under a
-short name with :func:`register_mixer`. It is called as ``factory(dim, **mixer_kwargs)``,
-plus ``grid=`` and ``num_prefix_tokens=`` if its signature names them, so that any mixer
-fits any skeleton; it takes only the keywords it declares, so a misspelt option raises
-instead of vanishing.
-
-Every mixer also states its cost in closed form, ``mixer.macs(grid, num_prefix_tokens)``:
-the multiply-accumulates of one forward pass for one image. ``tokenmixers.flops`` uses it
-instead of what PyTorch's operator-level counter sees, which misses attention kernels,
-LSTMs and scans.
+A new mixer is one file: a :class:`TokenMixer` subclass that declares its facts (label,
+topology, width-scaled defaults, resolution behaviour, its own init and its MACs in
+closed form) and one ``@register_mixer("name")``. Every module in this package is
+imported here, so the mixers in it register themselves; a mixer defined elsewhere
+registers when its module is imported (``tokenmixers --plugin FILE.py`` on the command
+line). It then works in both generic skeletons, ``count_macs``, ``bench`` and
+``compare`` with no other edit.
 """
 
 from __future__ import annotations
 
-import difflib
-import inspect
-from collections.abc import Callable
-from typing import Any
+import importlib
+import pkgutil
 
-import torch
-from torch import nn
+from tokenmixers.mixers.base import (
+    MIXERS,
+    TokenMixer,
+    Topology,
+    create_mixer,
+    get_mixer,
+    mix_on_grid,
+    register_mixer,
+)
+from tokenmixers.plugins import load_plugins
 
-MixerFactory = Callable[..., nn.Module]
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name != "base":
+        importlib.import_module(f"{__name__}.{_info.name}")
+# Mixers of the user's own that a parent process named (tokenmixers --plugin FILE.py).
+load_plugins()
 
-MIXERS: dict[str, MixerFactory] = {}
-
-
-def register_mixer(name: str) -> Callable[[MixerFactory], MixerFactory]:
-    """Decorator: make ``factory`` available as ``mixer=name`` in every skeleton."""
-
-    def wrap(factory: MixerFactory) -> MixerFactory:
-        if name in MIXERS:
-            raise ValueError(f"a mixer named {name!r} is already registered")
-        MIXERS[name] = factory
-        return factory
-
-    return wrap
-
-
-def mix_on_grid(
-    x: torch.Tensor, grid: tuple[int, int], fn: Callable[[torch.Tensor], torch.Tensor]
-) -> torch.Tensor:
-    """Apply a grid mixer ``fn: [B, h, w, C] -> [B, h, w, C]`` to the last ``h*w`` tokens of
-    ``x: [B, N, C]``; prefix tokens (a class token) pass through unchanged."""
-    b, n, c = x.shape
-    h, w = grid
-    prefix = n - h * w
-    if prefix < 0:
-        raise ValueError(f"{n} tokens cannot hold a {h}x{w} grid")
-    out = fn(x[:, prefix:].reshape(b, h, w, c)).reshape(b, h * w, c)
-    return torch.cat([x[:, :prefix], out], dim=1) if prefix else out
-
-
-def create_mixer(
-    name: str, dim: int, *, grid: tuple[int, int], num_prefix_tokens: int = 0, **kwargs: Any
-) -> nn.Module:
-    """Build the mixer registered as ``name`` for width ``dim`` (see the module docstring)."""
-    try:
-        factory = MIXERS[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, MIXERS, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown mixer {name!r}{hint} Registered: {sorted(MIXERS)}") from None
-    params = set(inspect.signature(factory).parameters)
-    layout = {"grid": grid, "num_prefix_tokens": num_prefix_tokens}
-    accepted = params - {"dim", *layout}
-    unknown = sorted(set(kwargs) - accepted)
-    if unknown:
-        raise TypeError(
-            f"mixer {name!r} does not take {unknown}; it accepts {sorted(accepted) or 'no options'}"
-        )
-    # A factory (or mixer class) is given the grid and prefix count only if it asks for them.
-    return factory(dim, **{k: v for k, v in layout.items() if k in params}, **kwargs)
-
-
-def _import_all() -> None:
-    # Every module in this package defines and registers one mixer.
-    import importlib
-    import pkgutil
-
-    for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
-
-
-_import_all()
-
-__all__ = ["MIXERS", "create_mixer", "mix_on_grid", "register_mixer"]
+__all__ = [
+    "MIXERS",
+    "TokenMixer",
+    "Topology",
+    "create_mixer",
+    "get_mixer",
+    "mix_on_grid",
+    "register_mixer",
+]

@@ -15,19 +15,29 @@ tanh RNN cells (the paper's ablations). The grid is read from the input, so any 
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 from torch import nn
 
-from tokenmixers.mixers import mix_on_grid, register_mixer
+from tokenmixers.mixers.base import TokenMixer, mix_on_grid, register_mixer
 
 RNN_TYPES: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 UNIONS = ("cat", "add", "vertical", "horizontal")
 
 
 @register_mixer("lstm2d")
-class BiLSTM2DMixer(nn.Module):
+class BiLSTM2DMixer(TokenMixer):
     """``[B, N, C] -> [B, N, C]``: the vertical and horizontal (Bi)LSTMs over the grid formed
     by the last ``h*w`` tokens, fused by ``fc``. Prefix tokens pass through unchanged."""
+
+    label = "BiLSTM2D (Sequencer2D)"
+    macs_formula = "h·w·G·(C + D)·D per RNN and direction (G: 4 LSTM, 3 GRU, 1 RNN) + h·w·U·C (fc)"
+
+    @classmethod
+    def defaults(cls, dim: int, index: int) -> dict[str, Any]:
+        return {"hidden_size": max(1, dim // 4)}  # Sequencer2D's D = C/4
 
     def __init__(
         self,
@@ -75,6 +85,19 @@ class BiLSTM2DMixer(nn.Module):
             )
         else:
             self.fc = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Sequencer2D's (timm's) init: every recurrent weight and bias uniform in
+        ±1/√D, the fusion ``fc`` Xavier-uniform with a zero bias."""
+        for rnn in (self.rnn_v, self.rnn_h):
+            if rnn is not None:
+                bound = 1.0 / math.sqrt(rnn.hidden_size)
+                for weight in rnn.parameters():
+                    nn.init.uniform_(weight, -bound, bound)
+        if self.fc is not None:
+            nn.init.xavier_uniform_(self.fc.weight)
+            nn.init.zeros_(self.fc.bias)
 
     def mix_grid(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, C] -> [B, H, W, C]``."""

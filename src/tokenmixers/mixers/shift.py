@@ -16,9 +16,8 @@ Positions a shift vacates are zero. ShiftViT uses ``n_div = 12`` (Tiny, Small) a
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from tokenmixers.mixers import mix_on_grid, register_mixer
+from tokenmixers.mixers.base import TokenMixer, Topology, mix_on_grid, register_mixer
 
 
 def shift_grid(x: torch.Tensor, n_div: int) -> torch.Tensor:
@@ -39,9 +38,15 @@ def shift_grid(x: torch.Tensor, n_div: int) -> torch.Tensor:
 
 
 @register_mixer("shift")
-class ShiftMixer(nn.Module):
+class ShiftMixer(TokenMixer):
     """``[B, N, C] -> [B, N, C]``: the partial shift on the last ``h*w`` tokens seen as the
-    ``grid``; prefix tokens (if any) pass through unchanged. Works at any grid size."""
+    ``grid``; prefix tokens (if any) pass through unchanged. Works at any grid size.
+
+    The shift replaces the token: no norm before it and no residual around it."""
+
+    label = "shift (ShiftViT)"
+    macs_formula = "0 (moves memory only)"
+    topology = Topology(norm=False, residual=False)
 
     def __init__(self, dim: int, *, n_div: int = 12) -> None:
         super().__init__()
