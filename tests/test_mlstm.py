@@ -9,8 +9,7 @@ import importlib.util
 import pytest
 import torch
 
-from tokenmixers.mixers.mlstm import (
-    _chunk_length,
+from tokenmixers.mixers.mlstm.cell import (
     _chunkwise_batched,
     _chunkwise_scan,
     mlstm,
@@ -19,6 +18,7 @@ from tokenmixers.mixers.mlstm import (
     mlstm_parallel,
     mlstm_recurrent,
 )
+from tokenmixers.mixers.mlstm.cell import chunk_length as _chunk_length
 
 Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -148,7 +148,7 @@ def test_dispatch_and_auto_rule() -> None:
 def test_chunkwise_schedule_by_device_and_autograd(monkeypatch: pytest.MonkeyPatch) -> None:
     # Chunk by chunk only on the CPU without autograd; all chunks at once with a gradient,
     # or on any other device (few, large kernels; "meta" stands in for a GPU here).
-    import tokenmixers.mixers.mlstm as cell
+    import tokenmixers.mixers.mlstm.cell as cell
 
     calls: list[str] = []
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import tokenmixers
 from tokenmixers.layers import interpolate_pos_embed_grid
-from tokenmixers.mixers.mlstm import BlockDiagonalLinear, MLSTMMixer, set_mlstm_backend
+from tokenmixers.mixers.mlstm.layer import BlockDiagonalLinear, MLSTMMixer, set_mlstm_backend
 from tokenmixers.zoo import ZOO
 
 REFERENCE = Path(__file__).parent / "data" / "reference"
