@@ -17,6 +17,7 @@ MFU = (MACs x 2 x images/s, x 3 for a training step) / that peak.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -25,14 +26,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import torch
 
-__all__ = ["bench", "matmul_peak_gflops", "measure"]
+from tokenmixers.precision import AMP_CHOICES, AMP_DTYPES, autocast, check_amp
+from tokenmixers.text import format_table as plain_table
+from tokenmixers.text import split_list
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+__all__ = ["bench", "matmul_peak_gflops", "measure"]
 
 
 def _sync(device: torch.device) -> None:
@@ -54,7 +56,8 @@ def _timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: in
 
 
 def matmul_peak_gflops(device: str = "cpu", dtype: str | None = None, repeats: int = 5) -> float:
-    """The best achieved GFLOP/s of a square matrix product on ``device`` in ``dtype``."""
+    """The best achieved GFLOP/s of a square matrix product on ``device`` in ``dtype`` (an
+    ``--amp`` value; ``none`` or ``None``: float32)."""
     dev = torch.device(device)
     n = 8192 if dev.type == "cuda" else 2048
     dt = AMP_DTYPES.get(dtype or "", torch.float32)
@@ -95,7 +98,7 @@ def measure(
     img_size: int,
     batch_size: int = 8,
     mode: str = "infer",
-    amp: str | None = None,
+    amp: str | None = "none",
     compile: bool = False,
     threads: int | None = None,
     device: str = "cpu",
@@ -103,10 +106,12 @@ def measure(
     repeats: int = 5,
     model_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Measure one (model, resolution, mode) in this process; returns a flat record."""
-    from tokenmixers import create_model
+    """Measure one (model, resolution, mode) in this process; returns a flat record.
+    ``amp`` is an ``--amp`` value (``None`` means ``none``)."""
     from tokenmixers.flops import count_macs
+    from tokenmixers.zoo import create_model
 
+    amp = check_amp(amp)
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
@@ -116,15 +121,14 @@ def measure(
     macs = count_macs(model, img_size)
     c = model.pretrained_cfg["input_size"][0]
     x = torch.randn(batch_size, c, img_size, img_size, device=dev)
-    autocast = (
-        torch.autocast(device_type=dev.type, dtype=AMP_DTYPES[amp]) if amp else nullcontext()
-    )
+    # One context for every step, entered again each time, as torch.autocast allows.
+    amp_context = autocast(dev, amp)
     run_model = torch.compile(model) if compile else model
     if mode == "infer":
         model.eval()
 
         def step() -> None:
-            with torch.inference_mode(), autocast:
+            with torch.inference_mode(), amp_context:
                 run_model(x)
     elif mode == "train":
         model.train()
@@ -133,7 +137,7 @@ def measure(
         scaler = torch.amp.GradScaler(dev.type, enabled=amp == "fp16")
 
         def step() -> None:
-            with autocast:
+            with amp_context:
                 loss = torch.nn.functional.cross_entropy(run_model(x), target)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -169,7 +173,7 @@ def measure(
         "batch_size": batch_size,
         "threads": torch.get_num_threads(),
         "device": dev.type,
-        "amp": amp or "",
+        "amp": amp,
         "compile": compile,
     }
 
@@ -199,10 +203,25 @@ def _measure_jobs(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _worker_env() -> dict[str, str]:
+    """This process's environment, plus the files of the mixers registered from outside the
+    package (a mixer of the user's own): the worker imports them, so it knows every mixer
+    this process knows."""
+    from tokenmixers.mixers.base import MIXERS
+    from tokenmixers.plugins import ENV_VAR, external_modules
+
+    env = dict(os.environ)
+    known = [e for e in env.get(ENV_VAR, "").split(os.pathsep) if e]
+    entries = dict.fromkeys([*known, *external_modules(MIXERS.values())])
+    if entries:
+        env[ENV_VAR] = os.pathsep.join(entries)
+    return env
+
+
 def _measure_in_subprocess(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     done = subprocess.run(
         [sys.executable, "-m", "tokenmixers.bench", json.dumps(jobs)],
-        capture_output=True, text=True,
+        capture_output=True, text=True, env=_worker_env(),
     )
     if done.returncode != 0:
         job = jobs[0]
@@ -213,7 +232,10 @@ def _measure_in_subprocess(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@functools.cache
 def _peak_in_subprocess(device: str, amp: str | None, threads: int | None) -> float:
+    """The matmul peak, measured once per process and setting: every model a process
+    benchmarks (``compare`` benchmarks one after another) is divided by the same peak."""
     code = (
         "import json, torch, sys; from tokenmixers.bench import matmul_peak_gflops; "
         f"torch.set_num_threads({threads}) if {bool(threads)} else None; "
@@ -229,7 +251,7 @@ def bench(
     *,
     batch_size: int = 8,
     modes: Sequence[str] = ("infer", "train"),
-    amp: str | None = None,
+    amp: str | None = "none",
     compile: bool = False,
     threads: int | None = None,
     device: str | None = None,
@@ -239,7 +261,8 @@ def bench(
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """One record per (model, resolution), with inference and training measured in
-    separate fresh processes."""
+    separate fresh processes. ``amp`` is an ``--amp`` value (``None`` means ``none``)."""
+    amp = check_amp(amp)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     peak = _peak_in_subprocess(device, amp, threads)
     records = []
@@ -284,8 +307,8 @@ def bench(
 
 
 def format_table(records: Sequence[dict[str, Any]]) -> str:
-    from tokenmixers.cli import _table
-
+    """The records as a plain-text table (drawn by :func:`tokenmixers.text.format_table`,
+    imported as ``plain_table`` since this function has its name)."""
     def rate(r: dict[str, Any], p: str) -> str:
         if f"{p}_img_s" not in r:
             return "-"
@@ -306,11 +329,7 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
     ]
     header = ["model", "img", "params", "GMACs", "infer img/s (min-max)",
               "train img/s (min-max)", "infer MB", "train MB", "MFU", "train MFU"]
-    return _table(rows, header, "lrrrrrrrrr")
-
-
-def _parse_list(text: str, cast: Callable[[str], Any] = str) -> list[Any]:
-    return [cast(t) for t in text.split(",") if t.strip()]
+    return plain_table(rows, header, "lrrrrrrrrr")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -324,7 +343,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--mode", choices=("infer", "train", "both"), default="both")
-    p.add_argument("--amp", choices=sorted(AMP_DTYPES), default=None)
+    p.add_argument("--amp", choices=AMP_CHOICES, default="none",
+                   help="mixed precision (default none: float32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--warmup", type=int, default=2)
@@ -339,14 +359,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from tokenmixers.train.config import parse_model_kwargs
     from tokenmixers.zoo import get_spec
 
-    models = _parse_list(args.model)
+    models = split_list(args.model, what="--model")
     for name in models:
         get_spec(name)  # unknown names fail now, with suggestions
     if args.repeats < 1:
         raise ValueError("--repeats must be at least 1")
     modes = ("infer", "train") if args.mode == "both" else (args.mode,)
+    img_sizes = split_list(args.img_size, int, what="--img-size")
     records = bench(
-        models, _parse_list(args.img_size, int), batch_size=args.batch_size, modes=modes,
+        models, img_sizes, batch_size=args.batch_size, modes=modes,
         amp=args.amp, compile=args.compile, threads=args.threads, device=args.device,
         warmup=args.warmup, repeats=args.repeats,
         model_kwargs=parse_model_kwargs(args.model_kwargs),
@@ -356,8 +377,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     measured = [r for r in records if "device" in r]
     if measured:
         r = measured[0]
+        dtype = "fp32" if args.amp == "none" else args.amp
         print(f"\nmatmul peak: {r['matmul_peak_gflops']:.0f} GFLOP/s ({r['device']}, "
-              f"{r['threads']} threads, {args.amp or 'fp32'}); batch {args.batch_size}; "
+              f"{r['threads']} threads, {dtype}); batch {args.batch_size}; "
               f"median of {args.repeats} runs after {args.warmup} warm-up; torch {r['torch']}")
     for r in records:
         for err in r.get("errors", []):

@@ -11,23 +11,14 @@ from typing import Any
 
 import torch
 
-
-def _table(rows: list[list[str]], header: list[str], align: str) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-    def fmt(row: list[str]) -> str:
-        cells = [
-            str(c).rjust(w) if a == "r" else str(c).ljust(w)
-            for c, w, a in zip(row, widths, align)
-        ]
-        return "  ".join(cells).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([fmt(header), rule, *(fmt(r) for r in rows)])
+from tokenmixers.plugins import load_plugins
+from tokenmixers.precision import AMP_CHOICES
+from tokenmixers.text import close_matches, format_table, split_list
+from tokenmixers.version import __version__
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from tokenmixers import get_spec, list_models
+    from tokenmixers.zoo import get_spec, list_models
 
     rows = []
     for name in list_models(args.pattern):
@@ -43,13 +34,20 @@ def cmd_list(args: argparse.Namespace) -> int:
             f"{p.top1:.1f}" if p.top1 is not None else "-",
             f"arXiv {p.arxiv}",
         ])
-    print(_table(rows, ["model", "family", "params", "GMACs", "top-1", "paper"], "llrrrl"))
+    print(format_table(rows, ["model", "family", "params", "GMACs", "top-1", "paper"], "llrrrl"))
+    return 0
+
+
+def cmd_mixers(args: argparse.Namespace) -> int:
+    from tokenmixers.catalog import mixers_markdown, mixers_table
+
+    print(mixers_markdown() if args.markdown else mixers_table())
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Build every registered model, run a 2-image batch through it, print a table."""
-    from tokenmixers import create_model, list_models
+    from tokenmixers.zoo import create_model, list_models
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads) if args.threads else None
@@ -69,14 +67,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ])
         print(f"  {name}: ok", file=sys.stderr, flush=True)
         del model
-    print(_table(rows, ["model", "family", "parameters", "input", "output", "build+run"], "llrllr"))
+    header = ["model", "family", "parameters", "input", "output", "build+run"]
+    print(format_table(rows, header, "llrllr"))
     return 0
 
 
 def _int_list(text: str) -> list[int]:
     try:
-        return [int(v) for v in text.replace(" ", "").split(",") if v]
+        return split_list(text, int, what="size")
     except ValueError:
+        # argparse shows an ArgumentTypeError's message as is (a ValueError only as
+        # "invalid _int_list value"), so the hint is worded for the command line here.
         raise argparse.ArgumentTypeError(f"expected sizes like 160,224,288, got {text!r}") from None
 
 
@@ -136,7 +137,7 @@ TRAIN_OPTIONS: dict[str, dict[str, Any]] = {
     "--no-aug": dict(action="store_true", help="no train-time augmentation at all"),
     "--ema": dict(action=BOOL, help="keep an EMA of the weights (timm ModelEmaV3)"),
     "--ema-decay": dict(type=float),
-    "--amp": dict(choices=["none", "bf16", "fp16"], help="mixed precision"),
+    "--amp": dict(choices=AMP_CHOICES, help="mixed precision"),
     "--compile": dict(action=BOOL, help="torch.compile the model"),
     "--grad-checkpointing": dict(action=BOOL),
     "--seed": dict(type=int),
@@ -217,7 +218,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             workers=args.workers, device=pick_device(args.device), amp=args.amp)
     for row in rows:
         row.update(model=model.model_name, checkpoint=str(loaded.path), data=data)
-    table = _table(
+    table = format_table(
         [[str(r["img_size"]), f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['loss']:.4f}",
           str(r["count"])] if "error" not in r else
          [str(r["img_size"]), "-", "-", "-", "cannot run: " + r["error"].split(". ")[0]]
@@ -246,18 +247,24 @@ PLUGIN_COMMANDS = ("bench", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tokenmixers import __version__
-
     parser = argparse.ArgumentParser(
         prog="tokenmixers",
         description="Vision backbones as one skeleton with different token mixers.",
     )
     parser.add_argument("--version", action="version", version=f"tokenmixers {__version__}")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
+                        help="import this first (repeatable): a file or module that registers "
+                             "a token mixer of your own, e.g. --plugin my_mixer.py compare "
+                             "--skeleton isotropic --mixers mine")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="list the model zoo with the papers' facts")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style name filter, e.g. 'vit*'")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("mixers", help="list the registered token mixers with their facts")
+    p.add_argument("--markdown", action="store_true", help="as a Markdown table (the README's)")
+    p.set_defaults(func=cmd_mixers)
 
     p = sub.add_parser(
         "demo", help="build every model, run one forward pass, print a table"
@@ -294,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    p.add_argument("--amp", choices=AMP_CHOICES, default="none")
     p.add_argument("--limit", type=int, help="evaluate N validation images only (the same "
                    "fixed subset as train --limit-val N)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-': "
@@ -329,14 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _unknown_arguments(parser: argparse.ArgumentParser, command: str,
                        unknown: list[str]) -> None:
     """argparse's "unrecognized arguments" error, with the closest option names."""
-    import difflib
-
     known = [*TRAIN_OPTIONS, "--config", "--resume", "--overwrite"] if command == "train" else []
     hints = []
     for arg in unknown:
         flag = arg.split("=", 1)[0]
-        close = difflib.get_close_matches(flag, known, n=3, cutoff=0.6) if flag[:2] == "--" \
-            else []
+        close = close_matches(flag, known, n=3, cutoff=0.6) if flag[:2] == "--" else []
         hints.append(f"{arg}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
     parser.error(f"{command}: unrecognized arguments: {'; '.join(hints)}")
 
@@ -349,6 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _unknown_arguments(parser, args.command, unknown)
     args.argv = argv
     try:
+        load_plugins(args.plugin)
         return args.func(args)
     except (ValueError, TypeError, OSError, ImportError) as err:
         print(f"tokenmixers {args.command}: error: {err}", file=sys.stderr)

@@ -1,14 +1,17 @@
-"""``tokenmixers compare``: one model per token-mixer family, trained with the same recipe,
-seed and epochs on the same data, evaluated at the training resolution and below and
-above it, benchmarked, and written up as ``report.md`` / ``report.html`` with plots.
+"""``tokenmixers compare``: one model per token mixer, trained with the same recipe, seed
+and epochs on the same data, evaluated at the training resolution and below and above it,
+benchmarked (in the precision it trained in), and written up as ``report.md`` /
+``report.html`` with plots.
 
 Skeletons (``--skeleton``):
 
-- ``native``: each family in its own paper skeleton (ViT and Mixer and ViL isotropic,
-  ShiftViT and Sequencer2D hierarchical), sized to a common parameter budget;
-- ``isotropic`` / ``hierarchical``: every mixer in the *same* skeleton with the same
-  widths, depths and channel MLPs (``tokenmixers.families.generic``), so only the token
-  mixer differs.
+- ``native``: the five paper families (``--models``), each in its own paper skeleton (ViT
+  and Mixer and ViL isotropic, ShiftViT and Sequencer2D hierarchical), sized to a common
+  parameter budget;
+- ``isotropic`` / ``hierarchical``: every registered mixer (``--mixers``, default all: the
+  paper mixers and the controls — no mixing, frozen random mixing, pooling, a global
+  filter — and any mixer of your own) in the *same* skeleton with the same widths, depths
+  and channel MLPs (``tokenmixers.families.generic``), so only the token mixer differs.
 
 Budgets (``--budget``): ``small`` keeps every model around 0.2-0.5 M parameters and trains
 :data:`SMALL_EPOCHS` epochs unless told otherwise, so the whole run fits in about ten
@@ -26,11 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tokenmixers._files import atomic_path
+from tokenmixers.mixers.base import MIXERS, get_mixer
+from tokenmixers.precision import AMP_CHOICES, check_amp
+from tokenmixers.text import did_you_mean, split_list
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
-__all__ = ["FAMILIES", "CompareConfig", "compare", "family_model"]
+__all__ = ["FAMILIES", "CompareConfig", "Entry", "compare", "entries", "family_model"]
 
 
 @dataclass(frozen=True)
@@ -93,14 +99,34 @@ def family_model(family: str, skeleton: str, budget: str) -> tuple[str, dict[str
     if skeleton == "native":
         name, over = choice.native[budget]
         return name, dict(over)
+    return mixer_model(choice.mixer, skeleton, budget)
+
+
+def mixer_model(mixer: str, skeleton: str, budget: str) -> tuple[str, dict[str, Any]]:
+    """(zoo name, overrides) of ``mixer`` in the shared ``skeleton`` at ``budget``."""
     name, over = SKELETONS[skeleton][budget]
-    return name, {**over, "mixer": choice.mixer}
+    return name, {**over, "mixer": mixer}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One model of the comparison."""
+
+    #: the run folder's name and the record's ``family`` key
+    key: str
+    label: str
+    mixer: str
+    model: str
+    overrides: dict[str, Any]
 
 
 @dataclass
 class CompareConfig:
     data: str = "mnist5k"
-    models: tuple[str, ...] = tuple(FAMILIES)
+    #: paper families (``--skeleton native``; with a shared skeleton, their mixers)
+    models: tuple[str, ...] | None = None
+    #: registered mixers, in a shared skeleton (default: all of them)
+    mixers: tuple[str, ...] | None = None
     budget: str = "small"
     skeleton: str = "native"
     epochs: int | None = None
@@ -124,19 +150,50 @@ class CompareConfig:
 
 
 def _check(cfg: CompareConfig) -> None:
-    import difflib
-
-    for fam in cfg.models:
-        if fam not in FAMILIES:
-            close = difflib.get_close_matches(fam, FAMILIES, n=2)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"unknown family {fam!r}{hint} (choose from {', '.join(FAMILIES)})")
     if cfg.budget not in ("small", "paper"):
         raise ValueError(f"--budget takes small or paper, got {cfg.budget!r}")
     if cfg.skeleton not in ("native", *SKELETONS):
         raise ValueError(
             f"--skeleton takes native, isotropic or hierarchical, got {cfg.skeleton!r}"
         )
+    check_amp(cfg.amp)
+    for fam in cfg.models or ():
+        if fam not in FAMILIES:
+            raise ValueError(
+                f"unknown family {fam!r} in --models{did_you_mean(fam, FAMILIES, n=2)} "
+                f"(choose from {', '.join(FAMILIES)}; a token mixer in a shared skeleton is "
+                "--skeleton isotropic --mixers NAME)"
+            )
+    if cfg.mixers is not None:
+        if cfg.skeleton == "native":
+            raise ValueError(
+                "--mixers compares mixers in one shared skeleton: add --skeleton isotropic or "
+                "--skeleton hierarchical (with --skeleton native, --models picks paper "
+                f"families: {', '.join(FAMILIES)})"
+            )
+        if cfg.models:
+            raise ValueError("give either --models (paper families) or --mixers, not both")
+        for mixer in cfg.mixers:
+            get_mixer(mixer)  # unknown names fail here, with suggestions
+    keys = [e.key for e in entries(cfg)]
+    if not keys:
+        raise ValueError("nothing to compare: --models/--mixers is empty")
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"a model is named twice in {keys}")
+
+
+def entries(cfg: CompareConfig) -> list[Entry]:
+    """The models ``cfg`` compares, in order."""
+    if cfg.skeleton == "native" or cfg.models:
+        out = []
+        for fam in cfg.models or tuple(FAMILIES):
+            choice = FAMILIES[fam]
+            name, over = family_model(fam, cfg.skeleton, cfg.budget)
+            out.append(Entry(fam, choice.label, choice.mixer, name, over))
+        return out
+    mixers = cfg.mixers if cfg.mixers is not None else tuple(MIXERS)
+    return [Entry(m, get_mixer(m).label, m, *mixer_model(m, cfg.skeleton, cfg.budget))
+            for m in mixers]
 
 
 def _epochs(cfg: CompareConfig) -> int | None:
@@ -166,18 +223,18 @@ def _metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_family(
-    cfg: CompareConfig, family: str, out: Path, val: Dataset | None = None
+def run_entry(
+    cfg: CompareConfig, entry: Entry, out: Path, val: Dataset | None = None
 ) -> dict[str, Any]:
-    """Train, evaluate and benchmark one family; returns its record (also saved).
+    """Train, evaluate and benchmark one model; returns its record (also saved).
     ``val``: the evaluation set (``cfg.data``'s, limited to ``cfg.limit_val``), loaded here
     if not given."""
     from tokenmixers.evaluate import eval_resolutions, load_checkpoint_model
     from tokenmixers.train.checkpoint import WEIGHTS, find_checkpoint
     from tokenmixers.train.loop import train
 
-    name, overrides = family_model(family, cfg.skeleton, cfg.budget)
-    run_dir = out / family
+    name, overrides = entry.model, dict(entry.overrides)
+    run_dir = out / entry.key
     options: dict[str, Any] = {
         "model": name, "model_kwargs": overrides, "data": cfg.data, "output": str(run_dir),
         "seed": cfg.seed, "data_dir": cfg.data_dir, "download": cfg.download,
@@ -187,13 +244,13 @@ def run_family(
                              ("limit_val", cfg.limit_val)) if v is not None},
         **cfg.extra,
     }
-    _log(f"== {FAMILIES[family].label}: {name} {overrides}")
+    _log(f"== {entry.label}: {name} {overrides}")
     t0 = time.perf_counter()
     result = train(options, overwrite=True)
     train_time = time.perf_counter() - t0
     last = find_checkpoint(run_dir, "last")
     if last is None:
-        raise RuntimeError(f"training {family} left no checkpoint in {run_dir}")
+        raise RuntimeError(f"training {entry.key} left no checkpoint in {run_dir}")
     # The final weights, not the best epoch: choosing by test accuracy would flatter.
     loaded = load_checkpoint_model(last / WEIGHTS)
     model = loaded.model
@@ -203,7 +260,7 @@ def run_family(
     bench_sizes = cfg.bench_sizes or bench_sizes
 
     val = _val_set(cfg) if val is None else val
-    evals = eval_resolutions(loaded, val, sorted(set(eval_sizes)))
+    evals = eval_resolutions(loaded, val, sorted(set(eval_sizes)), amp=cfg.amp)
     for row in evals:
         if "error" in row:
             _log(f"   cannot evaluate at {row['img_size']}px: {row['error'].splitlines()[0]}")
@@ -211,7 +268,8 @@ def run_family(
     from tokenmixers.flops import count_macs
 
     record: dict[str, Any] = {
-        "family": family, "label": FAMILIES[family].label, "mixer": FAMILIES[family].mixer,
+        "family": entry.key, "label": entry.label, "mixer": entry.mixer,
+        "skeleton": cfg.skeleton,
         "model": name, "overrides": overrides, "model_config": model.model_config,
         "params": sum(p.numel() for p in model.parameters()),
         "macs": count_macs(model).total, "train_size": train_size,
@@ -225,7 +283,7 @@ def run_family(
         config = dict(model.model_config)
         record["bench"] = bench(
             [name], sorted(set(bench_sizes)), batch_size=cfg.bench_batch_size or (
-                32 if cfg.budget == "small" else 8), modes=("infer",),
+                32 if cfg.budget == "small" else 8), modes=("infer",), amp=cfg.amp,
             threads=cfg.threads or None, model_kwargs=config, repeats=5, warmup=2,
         )
     with atomic_path(run_dir / "compare.json") as tmp:  # --resume trusts what it finds
@@ -249,15 +307,15 @@ def compare(cfg: CompareConfig, *, progress: Callable[[str], None] = _log) -> Pa
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare_config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
     records = []
-    val = None  # loaded once, for every family that runs
-    for family in cfg.models:
-        saved = out / family / "compare.json"
+    val = None  # loaded once, for every model that runs
+    for entry in entries(cfg):
+        saved = out / entry.key / "compare.json"
         if cfg.resume and saved.exists():
-            progress(f"== {FAMILIES[family].label}: done before, kept ({saved})")
+            progress(f"== {entry.label}: done before, kept ({saved})")
             records.append(json.loads(saved.read_text()))
             continue
         val = _val_set(cfg) if val is None else val
-        records.append(run_family(cfg, family, out, val))
+        records.append(run_entry(cfg, entry, out, val))
     write_report(records, out, title=_title(cfg))
     return out
 
@@ -269,10 +327,8 @@ def _title(cfg: CompareConfig) -> str:
     return f"Token mixers on {cfg.data}: {skeleton}, {cfg.budget} budget"
 
 
-def _parse_sizes(text: str | None) -> tuple[int, ...] | None:
-    if not text:
-        return None
-    return tuple(int(t) for t in text.split(",") if t.strip())
+def _parse_sizes(text: str | None, what: str) -> tuple[int, ...] | None:
+    return tuple(split_list(text, int, what=what)) or None
 
 
 def add_parser(sub: Any) -> None:
@@ -282,8 +338,13 @@ def add_parser(sub: Any) -> None:
         description=(__doc__ or "").split("\n\n")[0],
     )
     p.add_argument("--data", default="mnist5k", help="mnist5k (default), digits, cifar10, ...")
-    p.add_argument("--models", default=",".join(FAMILIES),
-                   help=f"families, comma-separated (default: {','.join(FAMILIES)})")
+    p.add_argument("--models", default=None,
+                   help=f"paper families, comma-separated (default with --skeleton native: "
+                        f"{','.join(FAMILIES)})")
+    p.add_argument("--mixers", default=None,
+                   help="registered token mixers, comma-separated, in the shared skeleton of "
+                        "--skeleton isotropic|hierarchical (default: all registered; "
+                        "`tokenmixers mixers` lists them)")
     p.add_argument("--budget", choices=("small", "paper"), default="small")
     p.add_argument("--skeleton", choices=("native", *SKELETONS), default="native")
     p.add_argument("--epochs", type=int, default=None,
@@ -300,7 +361,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--limit-train", type=int, default=None, help="use only N training images")
     p.add_argument("--limit-val", type=int, default=None, help="use only N test images")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    p.add_argument("--amp", choices=AMP_CHOICES, default="none",
+                   help="mixed precision for training, evaluation and the benchmark")
     p.add_argument("--progress", choices=("auto", "bar", "plain", "none"), default="auto")
     p.add_argument("--resume", action="store_true",
                    help="keep the families already finished in --out")
@@ -311,17 +373,21 @@ def add_parser(sub: Any) -> None:
 def _cmd_compare(args: Any) -> int:
     from tokenmixers.report import summary_table
 
+    def names(text: str | None) -> tuple[str, ...] | None:
+        return None if text is None else tuple(split_list(text))
+
     cfg = CompareConfig(
-        data=args.data, models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
+        data=args.data, models=names(args.models), mixers=names(args.mixers),
         budget=args.budget, skeleton=args.skeleton, epochs=args.epochs, img_size=args.img_size,
-        eval_sizes=_parse_sizes(args.eval_sizes), bench_sizes=_parse_sizes(args.bench_sizes),
+        eval_sizes=_parse_sizes(args.eval_sizes, "--eval-sizes"),
+        bench_sizes=_parse_sizes(args.bench_sizes, "--bench-sizes"),
         batch_size=args.batch_size, bench_batch_size=args.bench_batch_size, seed=args.seed,
         out=args.out, data_dir=args.data_dir, download=args.download,
         limit_train=args.limit_train, limit_val=args.limit_val, threads=args.threads,
         amp=args.amp, progress=args.progress, resume=args.resume, bench=not args.no_bench,
     )
     out = compare(cfg)
-    records = [json.loads((out / f / "compare.json").read_text()) for f in cfg.models]
+    records = [json.loads((out / e.key / "compare.json").read_text()) for e in entries(cfg)]
     print(summary_table(records))
     print(f"\nreport: {out / 'report.md'} and {out / 'report.html'}")
     return 0

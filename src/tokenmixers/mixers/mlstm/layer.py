@@ -122,9 +122,8 @@ class MLSTMMixer(TokenMixer):
     """
 
     label = "mLSTM (Vision-LSTM)"
-    macs_formula = ("N·3·D·E (up/down projections) + per scan order: N·E·(k + 3b + 6·NH) "
-                    "(conv, q/k/v, gates) + NH·cell (parallel 2·S²·d; chunkwise "
-                    "2·C·L²·d + states)")
+    macs_formula = ("3·N·C·E (up, down; E = 2C) + per scan order N·E·(k + 3b + 6·NH) + "
+                    "NH·cell (parallel 2·N²·d; chunkwise about 2·N·L·d + states)")
     prefix_tokens = "mixed"
     # The up-projection (E = 2D) is its channel MLP: ViL's blocks have no other.
     topology = Topology(mlp=False)
