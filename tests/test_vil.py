@@ -218,3 +218,15 @@ def test_block_diagonal_map_is_the_written_equation(shape, dtype) -> None:
     ref = torch.autograd.grad((expected * upstream).sum(), (x, m.weight, m.bias))
     for g, r in zip(got, ref):
         torch.testing.assert_close(g, r, rtol=tol, atol=tol)
+
+
+def test_training_after_inference_mode() -> None:
+    """The cached scan orders are normal tensors, so a model evaluated under
+    torch.inference_mode can train afterwards (a reversed block needs an order)."""
+    model = tokenmixers.create_model("vil_tiny", img_size=32, patch_size=8, dim=32, depth=2,
+                                     num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        model.eval()(x)
+    model.train()(x).sum().backward()
+    assert model.blocks[1].mixer.proj_up.weight.grad is not None

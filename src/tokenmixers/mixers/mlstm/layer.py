@@ -223,18 +223,27 @@ class MLSTMMixer(TokenMixer):
         """Indices putting the tokens in scan order (None: already in order)."""
         key = (grid[0], grid[1], prefix, traversal, self.cls_position)
         if key not in self._orders:
-            h, w = grid
-            idx = torch.arange(h * w).view(h, w) + prefix
-            if traversal.startswith("col"):
-                idx = idx.t()
-            idx = idx.flatten()
-            at = 0 if self.cls_position == "first" else h * w // 2
-            idx = torch.cat([idx[:at], torch.arange(prefix), idx[at:]])
-            if traversal.endswith("reversed"):
-                idx = idx.flip(0)
-            identity = bool((idx == torch.arange(idx.numel())).all())
-            self._orders[key] = None if identity else idx
+            # Cached across calls: built as a normal tensor even under inference_mode, or a
+            # later training step could not use it ("inference tensors cannot be saved").
+            with torch.inference_mode(False):
+                self._orders[key] = self._build_order(grid, prefix, traversal)
         return self._orders[key]
+
+    def _build_order(
+        self, grid: tuple[int, int], prefix: int, traversal: str
+    ) -> torch.Tensor | None:
+        """The scan order's indices, or None for the identity order."""
+        h, w = grid
+        idx = torch.arange(h * w).view(h, w) + prefix
+        if traversal.startswith("col"):
+            idx = idx.t()
+        idx = idx.flatten()
+        at = 0 if self.cls_position == "first" else h * w // 2
+        idx = torch.cat([idx[:at], torch.arange(prefix), idx[at:]])
+        if traversal.endswith("reversed"):
+            idx = idx.flip(0)
+        identity = bool((idx == torch.arange(idx.numel())).all())
+        return None if identity else idx
 
     def _conv(
         self, x: torch.Tensor, grid: tuple[int, int], prefix_at: int, prefix: int
