@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from tokenmixers.mixers.base import MIXERS
+from tokenmixers.plugins import worker_env
 from tokenmixers.precision import AMP_CHOICES, AMP_DTYPES, autocast, check_amp
 from tokenmixers.text import format_table as plain_table
 from tokenmixers.text import split_list
@@ -203,25 +205,11 @@ def _measure_jobs(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _worker_env() -> dict[str, str]:
-    """This process's environment, plus the files of the mixers registered from outside the
-    package (a mixer of the user's own): the worker imports them, so it knows every mixer
-    this process knows."""
-    from tokenmixers.mixers.base import MIXERS
-    from tokenmixers.plugins import ENV_VAR, external_modules
-
-    env = dict(os.environ)
-    known = [e for e in env.get(ENV_VAR, "").split(os.pathsep) if e]
-    entries = dict.fromkeys([*known, *external_modules(MIXERS.values())])
-    if entries:
-        env[ENV_VAR] = os.pathsep.join(entries)
-    return env
-
-
 def _measure_in_subprocess(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     done = subprocess.run(
         [sys.executable, "-m", "tokenmixers.bench", json.dumps(jobs)],
-        capture_output=True, text=True, env=_worker_env(),
+        # The worker imports the files of mixers registered from outside the package.
+        capture_output=True, text=True, env=worker_env(MIXERS.values()),
     )
     if done.returncode != 0:
         job = jobs[0]

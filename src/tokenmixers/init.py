@@ -1,4 +1,4 @@
-"""Who owns a parameter initialises it.
+"""Who owns a parameter initialises it: the initialisers and the families' schemes.
 
 A token mixer initialises itself (its ``reset_parameters``, run when it is built). The
 skeleton initialises what it owns — the stem and downsampling convolutions, the channel
@@ -9,7 +9,7 @@ mixer="mlstm")`` keeps ViL's gate init, and a new mixer keeps whatever init it c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -17,16 +17,16 @@ import torch
 from timm.layers import lecun_normal_
 from torch import nn
 
-from tokenmixers.blocks import Block
-
 __all__ = [
     "InitScheme",
-    "apply_scheme",
     "init_linear",
+    "lecun_layer",
     "lecun_normal",
-    "skeleton_modules",
     "tiny_normal",
     "trunc_normal_002",
+    "trunc_normal_layer",
+    "xavier_layer",
+    "xavier_tiny_bias_layer",
 ]
 
 ParamInit = Callable[[torch.Tensor], object]
@@ -61,31 +61,10 @@ trunc_normal_002 = partial(nn.init.trunc_normal_, std=0.02)
 tiny_normal = partial(nn.init.normal_, std=1e-6)
 lecun_normal = lecun_normal_
 
-
-def skeleton_modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
-    """``named_modules()`` without the token mixers' subtrees (a block's ``mixer``)."""
-    yield prefix, model
-    for name, child in model.named_children():
-        if isinstance(model, Block) and child is model.mixer:
-            continue
-        yield from skeleton_modules(child, f"{prefix}.{name}" if prefix else name)
-
-
-def apply_scheme(model: nn.Module, scheme: InitScheme) -> None:
-    """Initialise ``model``'s skeleton with ``scheme`` (see the module docstring)."""
-    head = getattr(model, "head", None)
-    for _, module in skeleton_modules(model):
-        if isinstance(module, nn.Linear):
-            fn = scheme.head if module is head else scheme.linear
-            if fn is not None:
-                fn(module)
-        elif isinstance(module, nn.Conv2d) and scheme.conv is not None:
-            scheme.conv(module)
-    pos = getattr(model, "pos_embed", None)
-    if isinstance(pos, nn.Module):  # a grid table (GridPosEmbed) keeps its tensor in `embed`
-        pos = getattr(pos, "embed", None)
-    if isinstance(pos, nn.Parameter) and scheme.pos_embed is not None:
-        scheme.pos_embed(pos)
-    cls_token = getattr(model, "cls_token", None)
-    if isinstance(cls_token, nn.Parameter) and scheme.cls_token is not None:
-        scheme.cls_token(cls_token)
+#: Ready-made layer initialisers (weight, then bias), shared by the families' schemes and
+#: the mixers' own ``reset_parameters``: ViT's (trunc-normal 0.02, zero bias), the Mixer
+#: paper's (Xavier-uniform, biases N(0, 1e-6)), Xavier with a zero bias, LeCun-normal.
+trunc_normal_layer = partial(init_linear, weight=trunc_normal_002)
+xavier_tiny_bias_layer = partial(init_linear, weight=nn.init.xavier_uniform_, bias=tiny_normal)
+xavier_layer = partial(init_linear, weight=nn.init.xavier_uniform_)
+lecun_layer = partial(init_linear, weight=lecun_normal)

@@ -14,11 +14,11 @@ import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["ENV_VAR", "external_modules", "load_plugins"]
+__all__ = ["ENV_VAR", "external_modules", "load_plugins", "worker_env"]
 
 ENV_VAR = "TOKENMIXERS_PLUGINS"
 
@@ -62,15 +62,29 @@ def _load_one(entry: str) -> ModuleType:
         ) from err
 
 
+def _with_entries(env: Mapping[str, str], entries: Iterable[str]) -> dict[str, str]:
+    """``env`` with ``entries`` added to its ``TOKENMIXERS_PLUGINS`` (no duplicates)."""
+    known = [e for e in env.get(ENV_VAR, "").split(os.pathsep) if e]
+    merged = list(dict.fromkeys([*known, *(e for e in entries if e)]))
+    return {**env, ENV_VAR: os.pathsep.join(merged)} if merged else dict(env)
+
+
 def load_plugins(entries: Iterable[str] = ()) -> list[ModuleType]:
     """Import each entry (see :func:`_load_one`) and remember it in ``TOKENMIXERS_PLUGINS``
     for child processes. With no entries, load what the environment names."""
     entries = [e for e in entries if e]
-    known = [e for e in os.environ.get(ENV_VAR, "").split(os.pathsep) if e]
-    modules = [_load_one(e) for e in (entries or known)]
-    if entries:
-        os.environ[ENV_VAR] = os.pathsep.join(dict.fromkeys([*known, *entries]))
+    if not entries:
+        return [_load_one(e) for e in os.environ.get(ENV_VAR, "").split(os.pathsep) if e]
+    modules = [_load_one(e) for e in entries]
+    os.environ[ENV_VAR] = _with_entries(os.environ, entries)[ENV_VAR]
     return modules
+
+
+def worker_env(classes: Iterable[type]) -> dict[str, str]:
+    """This process's environment, with the plugin entries that let a worker process
+    re-create ``classes`` (:func:`external_modules`): a worker started with it knows every
+    mixer this process knows, the user's own included."""
+    return _with_entries(os.environ, external_modules(classes))
 
 
 def external_modules(classes: Iterable[type]) -> list[str]:

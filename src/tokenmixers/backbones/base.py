@@ -10,15 +10,48 @@ initialisation of what the skeleton owns live here once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tokenmixers.init import InitScheme, apply_scheme
+from tokenmixers.blocks import Block
+from tokenmixers.init import InitScheme
 from tokenmixers.layers import POOLINGS, feature_take_indices, pool_tokens
+
+
+def skeleton_modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
+    """``named_modules()`` without the token mixers' subtrees (a block's ``mixer``)."""
+    yield prefix, model
+    for name, child in model.named_children():
+        if isinstance(model, Block) and child is model.mixer:
+            continue
+        yield from skeleton_modules(child, f"{prefix}.{name}" if prefix else name)
+
+
+def apply_scheme(model: nn.Module, scheme: InitScheme) -> None:
+    """Initialise what the skeleton owns with ``scheme``: every ``Linear`` (the head with
+    ``scheme.head``) and ``Conv2d`` outside the mixers, the position embedding and the class
+    token. The mixers keep their own init."""
+    head = getattr(model, "head", None)
+    for _, module in skeleton_modules(model):
+        if isinstance(module, nn.Linear):
+            fn = scheme.head if module is head else scheme.linear
+            if fn is not None:
+                fn(module)
+        elif isinstance(module, nn.Conv2d) and scheme.conv is not None:
+            scheme.conv(module)
+    pos = getattr(model, "pos_embed", None)
+    if isinstance(pos, nn.Module):  # a grid table (GridPosEmbed) keeps its tensor in `embed`
+        pos = getattr(pos, "embed", None)
+    if isinstance(pos, nn.Parameter) and scheme.pos_embed is not None:
+        scheme.pos_embed(pos)
+    cls_token = getattr(model, "cls_token", None)
+    if isinstance(cls_token, nn.Parameter) and scheme.cls_token is not None:
+        scheme.cls_token(cls_token)
+
 
 #: What flows through a backbone's feature units (tokens and grid, or a channels-last map).
 State = Any

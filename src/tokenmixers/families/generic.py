@@ -26,14 +26,14 @@ from torch import nn
 
 from tokenmixers.backbones import HierarchicalBackbone, IsotropicBackbone
 from tokenmixers.families import Family, register_family
-from tokenmixers.init import InitScheme, init_linear, trunc_normal_002
+from tokenmixers.init import InitScheme, trunc_normal_002, trunc_normal_layer
 
 #: The skeleton's own parts: truncated normal (std 0.02) linear layers and position
 #: embedding with zero biases (ViT's scheme); the stem keeps PyTorch's default.
 GENERIC_INIT = InitScheme(
     "generic (ViT-style)",
-    linear=partial(init_linear, weight=trunc_normal_002),
-    head=partial(init_linear, weight=trunc_normal_002),
+    linear=trunc_normal_layer,
+    head=trunc_normal_layer,
     pos_embed=trunc_normal_002,
 )
 

@@ -11,15 +11,15 @@ from torch import nn
 
 from tokenmixers.backbones import IsotropicBackbone
 from tokenmixers.families import Family, register_family, rename_keys
-from tokenmixers.init import InitScheme, init_linear, lecun_normal, tiny_normal
+from tokenmixers.init import InitScheme, init_linear, lecun_layer, xavier_tiny_bias_layer
 
 #: The Mixer paper's (JAX) scheme as timm reproduces it: Xavier-uniform MLPs with tiny
 #: biases, a LeCun-normal patch embedding and a zero classifier. (The token MLP initialises
 #: itself the same way.)
 MIXER_INIT = InitScheme(
     "MLP-Mixer (timm)",
-    linear=partial(init_linear, weight=nn.init.xavier_uniform_, bias=tiny_normal),
-    conv=partial(init_linear, weight=lecun_normal),
+    linear=xavier_tiny_bias_layer,
+    conv=lecun_layer,
     head=partial(init_linear, weight=nn.init.zeros_),
 )
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from tokenmixers.backbones import HierarchicalBackbone
 from tokenmixers.families import Family, register_family, rename_keys
-from tokenmixers.init import InitScheme, init_linear, lecun_normal, tiny_normal
+from tokenmixers.init import InitScheme, lecun_layer, xavier_tiny_bias_layer
 
 
 def _head_init(head: nn.Linear, *, bias: float) -> None:
@@ -26,8 +26,8 @@ def sequencer_init(head_bias: float = 0.0) -> InitScheme:
     BiLSTM2D mixer initialises its recurrent weights and fusion fc itself.)"""
     return InitScheme(
         "Sequencer2D (timm)",
-        linear=partial(init_linear, weight=nn.init.xavier_uniform_, bias=tiny_normal),
-        conv=partial(init_linear, weight=lecun_normal),
+        linear=xavier_tiny_bias_layer,
+        conv=lecun_layer,
         head=partial(_head_init, bias=head_bias),
     )
 

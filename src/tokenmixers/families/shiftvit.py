@@ -12,22 +12,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from functools import partial
 
 from torch import nn
 
 from tokenmixers.backbones import HierarchicalBackbone
 from tokenmixers.families import Family, StateDict, register_family
-from tokenmixers.init import InitScheme, init_linear, trunc_normal_002
+from tokenmixers.init import InitScheme, trunc_normal_layer
 from tokenmixers.layers import GroupNorm1
 
 #: The authors' scheme: truncated normal (std 0.02) for every linear and conv weight, zero
 #: biases; norms start as the identity (their default).
 SHIFTVIT_INIT = InitScheme(
     "ShiftViT (microsoft/SPACH)",
-    linear=partial(init_linear, weight=trunc_normal_002),
-    conv=partial(init_linear, weight=trunc_normal_002),
-    head=partial(init_linear, weight=trunc_normal_002),
+    linear=trunc_normal_layer,
+    conv=trunc_normal_layer,
+    head=trunc_normal_layer,
 )
 
 

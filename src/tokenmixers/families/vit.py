@@ -10,15 +10,15 @@ from torch import nn
 
 from tokenmixers.backbones import IsotropicBackbone
 from tokenmixers.families import Family, register_family, rename_keys
-from tokenmixers.init import InitScheme, init_linear, trunc_normal_002
+from tokenmixers.init import InitScheme, trunc_normal_002, trunc_normal_layer
 
 #: ViT/DeiT as timm initialises it: truncated normal (std 0.02) for the linear layers and
 #: the position embedding, a near-zero class token, zero biases; the stem keeps PyTorch's
 #: default. (The attention mixer initialises its qkv and proj the same way itself.)
 VIT_INIT = InitScheme(
     "ViT (timm)",
-    linear=partial(init_linear, weight=trunc_normal_002),
-    head=partial(init_linear, weight=trunc_normal_002),
+    linear=trunc_normal_layer,
+    head=trunc_normal_layer,
     pos_embed=trunc_normal_002,
     cls_token=partial(nn.init.normal_, std=1e-6),
 )

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tokenmixers.init import trunc_normal_layer
 from tokenmixers.mixers.base import TokenMixer, register_mixer
 
 
@@ -51,9 +52,7 @@ class AttentionMixer(TokenMixer):
     def reset_parameters(self) -> None:
         """ViT's (timm's) init: truncated normal (std 0.02) weights, zero biases."""
         for lin in (self.qkv, self.proj):
-            nn.init.trunc_normal_(lin.weight, std=0.02)
-            if lin.bias is not None:
-                nn.init.zeros_(lin.bias)
+            trunc_normal_layer(lin)
 
     def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, n, _ = x.shape

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tokenmixers.init import xavier_layer
 from tokenmixers.mixers.base import TokenMixer, mix_on_grid, register_mixer
 
 RNN_TYPES: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -96,8 +97,7 @@ class BiLSTM2DMixer(TokenMixer):
                 for weight in rnn.parameters():
                     nn.init.uniform_(weight, -bound, bound)
         if self.fc is not None:
-            nn.init.xavier_uniform_(self.fc.weight)
-            nn.init.zeros_(self.fc.bias)
+            xavier_layer(self.fc)
 
     def mix_grid(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, C] -> [B, H, W, C]``."""

@@ -7,8 +7,8 @@ input is refused with an error that names the grid it was built for.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
+from tokenmixers.init import xavier_tiny_bias_layer
 from tokenmixers.layers import Mlp
 from tokenmixers.mixers.base import TokenMixer, fixed_grid_error, register_mixer
 
@@ -46,8 +46,7 @@ class TokenMLPMixer(TokenMixer):
     def reset_parameters(self) -> None:
         """MLP-Mixer's (JAX) init as timm has it: Xavier-uniform weights, biases N(0, 1e-6)."""
         for lin in (self.mlp.fc1, self.mlp.fc2):
-            nn.init.xavier_uniform_(lin.weight)
-            nn.init.normal_(lin.bias, std=1e-6)
+            xavier_tiny_bias_layer(lin)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         if (grid is not None and tuple(grid) != self.fixed_grid) or x.shape[1] != self.num_tokens:
