@@ -144,3 +144,28 @@ def test_hierarchical_config_errors() -> None:
         tiny_hierarchical(downsample_sizes=(2,))
     with pytest.raises(ValueError, match="embed_dims has 2 entries"):
         tiny_hierarchical(embed_dims=(8, 16))
+
+
+def test_prune_intermediate_layers_in_both_skeletons() -> None:
+    """One implementation (the Backbone base) for both skeletons: the kept units give the
+    same features as before pruning; a pruned hierarchical model ends at its last kept
+    stage (its final norm belonged to the dropped one)."""
+    x = torch.randn(2, 3, 32, 32)
+    iso = tokenmixers.create_model("isotropic", img_size=32, patch_size=8, embed_dim=32,
+                                   depth=3, num_classes=10).eval()
+    hier = tokenmixers.create_model("hierarchical", img_size=32, patch_size=4,
+                                    embed_dims=(16, 32, 64), depths=(1, 1, 1),
+                                    num_classes=10).eval()
+    with torch.no_grad():
+        iso_maps = iso.forward_intermediates(x, intermediates_only=True)
+        hier_maps = hier.forward_intermediates(x, intermediates_only=True)
+        assert iso.prune_intermediate_layers(indices=[0, 1]) == [0, 1]
+        assert len(iso.blocks) == 2 and isinstance(iso.head, nn.Identity)
+        assert torch.equal(iso.forward_intermediates(x, intermediates_only=True)[1],
+                           iso_maps[1])
+        assert hier.prune_intermediate_layers(indices=[1]) == [1]
+        assert len(hier.stages) == 2 and isinstance(hier.norm, nn.Identity)
+        assert [f["num_chs"] for f in hier.feature_info] == [16, 32]
+        assert torch.equal(hier.forward_intermediates(x, intermediates_only=True)[1],
+                           hier_maps[1])
+        assert hier(x).shape == (2, 32)  # pooled features of stage 1, no head
