@@ -220,6 +220,34 @@ def _measure_in_subprocess(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+#: bench's counts: option -> (its default, the least valid value, what it counts).
+COUNTS: dict[str, tuple[int | None, int, str]] = {
+    "batch_size": (8, 1, "images per timed step"),
+    "warmup": (2, 0, "untimed runs before the timed ones"),
+    "repeats": (5, 1, "timed runs; the median is reported"),
+    "threads": (None, 0, "torch threads; 0: torch's default"),
+}
+
+
+def check_counts(img_sizes: Sequence[int] = (), **counts: int | None) -> None:
+    """Refuse a count below its least value (:data:`COUNTS`) or an image size below 1, with
+    the command line's names: nothing is measured with a batch of 0."""
+    for key, value in counts.items():
+        default, least, what = COUNTS[key]
+        if value is None and default is None:
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and value >= least:
+            continue
+        flag = "--" + key.replace("_", "-")
+        fix = (f"e.g. {flag} {default}, the default" if default is not None else
+               "leave it out for torch's default")
+        raise ValueError(f"{flag} {value}: expected a whole number >= {least} ({what}); {fix}")
+    for size in img_sizes:
+        if size < 1:
+            raise ValueError(f"--img-size {size}: expected sizes of at least 1 pixel; e.g. "
+                             "--img-size 224 or --img-size 160,224,288")
+
+
 @functools.cache
 def _peak_in_subprocess(device: str, amp: str | None, threads: int | None) -> float:
     """The matmul peak, measured once per process and setting: every model a process
@@ -250,6 +278,8 @@ def bench(
 ) -> list[dict[str, Any]]:
     """One record per (model, resolution), with inference and training measured in
     separate fresh processes. ``amp`` is an ``--amp`` value (``None`` means ``none``)."""
+    check_counts(img_sizes, batch_size=batch_size, warmup=warmup, repeats=repeats,
+                 threads=threads)
     amp = check_amp(amp)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     peak = _peak_in_subprocess(device, amp, threads)
@@ -305,38 +335,68 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
     def num(r: dict[str, Any], key: str, fmt: str) -> str:
         return format(r[key], fmt) if key in r else "-"
 
+    marks = _footnote_marks(records)
     rows = [
-        [r["model"], str(r["img_size"]),
+        [r["model"], f"{r['img_size']}{marks.get(i, '')}",
          f"{r['params'] / 1e6:.2f}M" if "params" in r else "-",
          f"{r['macs'] / 1e9:.2f}" if "macs" in r else "-",
          rate(r, "infer"), rate(r, "train"),
          num(r, "peak_mem_mb", ".0f"), num(r, "train_peak_mem_mb", ".0f"),
          f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-",
          f"{100 * r['train_mfu']:.1f}%" if "train_mfu" in r else "-"]
-        for r in records
+        for i, r in enumerate(records)
     ]
     header = ["model", "img", "params", "GMACs", "infer img/s (min-max)",
               "train img/s (min-max)", "infer MB", "train MB", "MFU", "train MFU"]
     return plain_table(rows, header, "lrrrrrrrrr")
 
 
+def _footnote_marks(records: Sequence[dict[str, Any]]) -> dict[int, str]:
+    """Record index -> `` [n]``, for the records with something not measured."""
+    noted = [i for i, r in enumerate(records) if r.get("errors")]
+    return {i: f" [{n}]" for n, i in enumerate(noted, 1)}
+
+
+def footnotes(records: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per record with something not measured, numbered as :func:`format_table`
+    marks them: which modes, and why (the same reason for both modes is said once)."""
+    marks = _footnote_marks(records)
+    lines = []
+    for i, mark in marks.items():
+        r = records[i]
+        by_reason: dict[str, list[str]] = {}
+        for err in r["errors"]:
+            mode, _, reason = err.partition(": ")
+            by_reason.setdefault(reason, []).append(mode)
+        why = "; ".join(f"{' and '.join(modes)} not measured: {reason}"
+                        for reason, modes in by_reason.items())
+        lines.append(f"{mark.strip()} {r['model']} at {r['img_size']} px: {why}")
+    return lines
+
+
+_EPILOG = ("Exit status: 0 when at least one model, size and mode was measured (a size a "
+           "model cannot take is marked [n] in the table and explained below it); 1 when "
+           "nothing could be measured (the reasons are printed); 2 for a bad option.")
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="parameters, MACs, throughput, peak memory and MFU per model and resolution",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description=__doc__.split("\n\n")[0] if __doc__ else None, epilog=_EPILOG,
     )
     p.add_argument("--model", required=True, help="NAME[,NAME...] from `tokenmixers list`")
     p.add_argument("--img-size", default="224", help="comma-separated sizes, e.g. 224,448")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=COUNTS["batch_size"][0])
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--mode", choices=("infer", "train", "both"), default="both")
     p.add_argument("--amp", choices=AMP_CHOICES, default="none",
                    help="mixed precision (default none: float32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5, help="timed runs (median reported)")
+    p.add_argument("--warmup", type=int, default=COUNTS["warmup"][0])
+    p.add_argument("--repeats", type=int, default=COUNTS["repeats"][0],
+                   help="timed runs (median reported)")
     p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                    help="create_model overrides, e.g. backend=chunkwise")
     p.add_argument("--json", default=None, metavar="PATH", help="also write records as JSON")
@@ -344,37 +404,45 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from tokenmixers.train.config import parse_model_kwargs
+    from tokenmixers.train.config import check_model_kwargs, parse_model_kwargs
     from tokenmixers.zoo import get_spec
 
     models = split_list(args.model, what="--model")
+    img_sizes = split_list(args.img_size, int, what="--img-size")
+    check_counts(img_sizes, batch_size=args.batch_size, warmup=args.warmup,
+                 repeats=args.repeats, threads=args.threads)
+    model_kwargs = parse_model_kwargs(args.model_kwargs)
     for name in models:
         get_spec(name)  # unknown names fail now, with suggestions
-    if args.repeats < 1:
-        raise ValueError("--repeats must be at least 1")
+        check_model_kwargs(name, model_kwargs)
     modes = ("infer", "train") if args.mode == "both" else (args.mode,)
-    img_sizes = split_list(args.img_size, int, what="--img-size")
     records = bench(
         models, img_sizes, batch_size=args.batch_size, modes=modes,
         amp=args.amp, compile=args.compile, threads=args.threads, device=args.device,
-        warmup=args.warmup, repeats=args.repeats,
-        model_kwargs=parse_model_kwargs(args.model_kwargs),
+        warmup=args.warmup, repeats=args.repeats, model_kwargs=model_kwargs,
         progress=lambda s: print(f"  measuring {s}", file=sys.stderr, flush=True),
     )
-    print(format_table(records))
-    measured = [r for r in records if "device" in r]
-    if measured:
-        r = measured[0]
-        dtype = "fp32" if args.amp == "none" else args.amp
-        print(f"\nmatmul peak: {r['matmul_peak_gflops']:.0f} GFLOP/s ({r['device']}, "
-              f"{r['threads']} threads, {dtype}); batch {args.batch_size}; "
-              f"median of {args.repeats} runs after {args.warmup} warm-up; torch {r['torch']}")
-    for r in records:
-        for err in r.get("errors", []):
-            print(f"  {r['model']} @ {r['img_size']}: {err}", file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(records, f, indent=1)
+    measured = [r for r in records if "device" in r]
+    if not measured:
+        reasons = "\n  ".join(footnotes(records))
+        written = f" (the records, with these reasons, are in {args.json})" if args.json else ""
+        print(f"tokenmixers bench: error: nothing could be measured{written}:\n  {reasons}\n"
+              "choose --img-size values these models take (or change --model-kwargs)",
+              file=sys.stderr)
+        return 1
+    print(format_table(records))
+    r = measured[0]
+    dtype = "fp32" if args.amp == "none" else args.amp
+    print(f"\nmatmul peak: {r['matmul_peak_gflops']:.0f} GFLOP/s ({r['device']}, "
+          f"{r['threads']} threads, {dtype}); batch {args.batch_size}; "
+          f"median of {args.repeats} runs after {args.warmup} warm-up; torch {r['torch']}")
+    notes = footnotes(records)
+    if notes:
+        print("\n" + "\n".join(notes))
+    if args.json:
         print(f"wrote {args.json}")
     return 0
 

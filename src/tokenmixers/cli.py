@@ -151,7 +151,8 @@ TRAIN_OPTIONS: dict[str, dict[str, Any]] = {
     "--max-bad-images": dict(type=float, help="fraction of unreadable images tolerated"),
     "--stop-after": dict(type=int, help="stop (resumably) after this many epochs"),
     "--log-interval": dict(type=int),
-    "--progress": dict(choices=["auto", "bar", "plain", "none"]),
+    "--progress": dict(choices=["auto", "bar", "plain", "none"],
+                       help="bar (a terminal), plain lines, or none (warnings still print)"),
     "--nproc": dict(type=int, help="processes on this machine (via torch.distributed.run)"),
 }
 
@@ -197,6 +198,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tokenmixers.evaluate import eval_resolutions, load_checkpoint_model
     from tokenmixers.train.distributed import pick_device
 
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit {args.limit}: expected a positive number of images; leave "
+                         "it out to use them all")
     loaded = load_checkpoint_model(args.checkpoint)
     model = loaded.model
     data = args.data or loaded.data
@@ -361,6 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as err:  # a non-finite loss, a failed distributed run
         print(f"tokenmixers {args.command}: error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"tokenmixers {args.command}: aborted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # a second Ctrl-C, or a signal before training starts
+        code = getattr(err, "exit_code", 130)
+        how = "stopped by SIGTERM" if code == 143 else "aborted"
+        print(f"tokenmixers {args.command}: {how}", file=sys.stderr)
+        return code
