@@ -17,22 +17,28 @@ from torch.utils.data import DataLoader
 
 from tokenmixers.precision import autocast
 
-__all__ = ["evaluate"]
+__all__ = ["NonFiniteOutputError", "evaluate"]
+
+
+class NonFiniteOutputError(RuntimeError):
+    """A model gave NaN or infinite logits: its numbers mean nothing, so none are reported."""
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, *, device: torch.device, amp: str = "none",
              reduce: Any = None) -> dict[str, float]:
-    """Mean cross-entropy, top-1 and top-5 (%) over ``loader``. ``reduce`` sums a list of
-    numbers over processes (for sharded validation sets)."""
+    """Mean cross-entropy, top-1 and top-5 (%) over ``loader``, and ``nonfinite``: how many
+    images got NaN or infinite logits (their loss is then NaN too; the caller decides what
+    that means). ``reduce`` sums a list of numbers over processes (sharded validation)."""
     was_training = model.training
     model.eval()
-    loss_sum = top1 = top5 = count = 0.0
+    loss_sum = top1 = top5 = count = nonfinite = 0.0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(x)
         logits = logits.float()
+        nonfinite += (~torch.isfinite(logits).all(dim=1)).sum().item()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         k = min(5, logits.shape[1])
         pred = logits.topk(k, dim=1).indices
@@ -42,8 +48,9 @@ def evaluate(model: nn.Module, loader: DataLoader, *, device: torch.device, amp:
         count += y.numel()
     model.train(was_training)
     if reduce is not None:
-        loss_sum, top1, top5, count = reduce([loss_sum, top1, top5, count])
+        loss_sum, top1, top5, count, nonfinite = reduce([loss_sum, top1, top5, count,
+                                                         nonfinite])
     if count == 0:
         raise ValueError("the validation set is empty")
     return {"loss": loss_sum / count, "top1": 100.0 * top1 / count,
-            "top5": 100.0 * top5 / count, "count": int(count)}
+            "top5": 100.0 * top5 / count, "count": int(count), "nonfinite": int(nonfinite)}
