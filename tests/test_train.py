@@ -120,6 +120,10 @@ def test_ctrl_c_mid_epoch_saves_and_resume_is_exact(
     assert main(["train", "--resume", str(run), *QUIET]) == 0
     assert load_state(run / "last")["global_step"] == 12
     assert max_diff(weights(run), weights(uninterrupted)) <= 1e-6
+    # The resumed epoch's record covers the whole epoch, as the uninterrupted one's does.
+    clock = ("elapsed", "epoch_time", "img_per_sec")
+    assert [{k: v for k, v in r.items() if k not in clock} for r in metrics(run)] == \
+        [{k: v for k, v in r.items() if k not in clock} for r in metrics(uninterrupted)]
 
 
 def test_resume_refuses_changed_options_and_missing_runs(uninterrupted: Path, tmp_path: Path,

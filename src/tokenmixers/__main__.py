@@ -1,3 +1,5 @@
-from tokenmixers.cli import main
+"""``python -m tokenmixers``: the same entry as the ``tokenmixers`` command."""
+
+from tokenmixers_launch import main
 
 raise SystemExit(main())

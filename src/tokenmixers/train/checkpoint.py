@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tokenmixers._faults import fault_point
 from tokenmixers._files import fsync_path
 from tokenmixers.backbones import Backbone
 from tokenmixers.weights import save_weights
@@ -37,7 +38,6 @@ def save_checkpoint(
 ) -> Path:
     """Write ``RUN/name/{model.safetensors,trainer_state.pt}`` atomically; returns the folder."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    final = run_dir / name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=run_dir))
     try:
         save_weights(model, tmp / WEIGHTS, metadata=metadata)
@@ -45,11 +45,38 @@ def save_checkpoint(
             torch.save({"format": STATE_FORMAT, **state}, f)
         fsync_path(tmp / STATE)
         fsync_path(tmp)
-        old = None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _swap_in(run_dir, name, tmp, state.get("epoch"))
+
+
+def copy_checkpoint(run_dir: Path, source: Path, name: str, epoch: int | None = None
+                    ) -> Path:
+    """Copy the checkpoint folder ``source`` to ``RUN/name``, atomically (a repair)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=run_dir))
+    try:
+        for file in (WEIGHTS, STATE):
+            shutil.copyfile(source / file, tmp / file)
+            fsync_path(tmp / file)
+        fsync_path(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _swap_in(run_dir, name, tmp, epoch)
+
+
+def _swap_in(run_dir: Path, name: str, tmp: Path, epoch: int | None = None) -> Path:
+    """Rename the complete folder ``tmp`` to ``RUN/name``; the previous one waits in
+    ``RUN/.name.old-*`` between the two renames, where :func:`find_checkpoint` finds it."""
+    final = run_dir / name
+    fault_point(f"checkpoint:{name}:written", epoch)
+    try:
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=run_dir))
             old.rmdir()
             os.rename(final, old)
+            fault_point(f"checkpoint:{name}:swapped-out", epoch)
         os.rename(tmp, final)
         fsync_path(run_dir)
     except BaseException:
@@ -75,6 +102,52 @@ def find_checkpoint(run_dir: Path, name: str = "last") -> Path | None:
         if _complete(folder):
             return folder
     return None
+
+
+def repair_run(run_dir: Path) -> list[str]:
+    """Bring a run folder that a crash interrupted back to one consistent epoch; returns what
+    was done, one line each (nothing for a clean folder).
+
+    - a checkpoint caught between its two renames is renamed back into place;
+    - ``best/`` is made to hold the epoch that ``last/``'s trainer state calls best: an epoch
+      is saved to ``last/`` first, so a crash before its ``best/`` copy leaves ``best/`` one
+      epoch behind, and ``last/`` holds exactly the weights that belong there;
+    - leftover temporary and previous folders are removed.
+    """
+    done: list[str] = []
+    for name in ("last", "best"):
+        final = run_dir / name
+        found = find_checkpoint(run_dir, name)
+        if found is not None and found != final:
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(found, final)
+            fsync_path(run_dir)
+            done.append(f"{name}/ was caught between two renames; the previous {name}/ "
+                        "is back in place")
+    last = run_dir / "last"
+    if _complete(last):
+        state = load_state(last)
+        best_epoch = int(state.get("best_epoch", 0))
+        best = run_dir / "best"
+        have = int(load_state(best)["epoch"]) if _complete(best) else None
+        if best_epoch and have != best_epoch:
+            if best_epoch == int(state["epoch"]) and not state.get("update_in_epoch"):
+                copy_checkpoint(run_dir, last, "best")
+                done.append(f"best/ held epoch {have} but epoch {best_epoch} is the best; "
+                            f"copied it from last/")
+            else:
+                done.append(f"warning: best/ holds epoch {have}, but the trainer state calls "
+                            f"epoch {best_epoch} best and its weights are gone; best/ is left "
+                            "as it is")
+    leftovers = [p for pattern in (".last.*", ".best.*") for p in run_dir.glob(pattern)
+                 if p.is_dir()]
+    for leftover in leftovers:
+        shutil.rmtree(leftover, ignore_errors=True)
+    if leftovers:
+        done.append(f"removed {len(leftovers)} temporary folder(s) left by an interrupted "
+                    f"save ({', '.join(sorted(p.name for p in leftovers))})")
+    return done
 
 
 def load_state(folder: Path) -> dict[str, Any]:

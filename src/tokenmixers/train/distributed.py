@@ -101,4 +101,22 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", "-m", "tokenmixers", *worker_argv]
     print(f"launching {nproc} processes: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-    return subprocess.call(cmd)
+    code = subprocess.call(cmd)
+    run_dir = _option(worker_argv, "--resume") or _option(worker_argv, "--output")
+    if code != 0 and run_dir:
+        # torchrun ends with its own report; the way on is the last thing said.
+        print(f"tokenmixers train: the {nproc}-process run ended with exit status {code} "
+              "(the first process to fail is torchrun's 'Root Cause' above). Its checkpoints "
+              f"in {run_dir} are intact; once the cause is fixed, continue with: tokenmixers "
+              f"train --resume {run_dir} --nproc {nproc}", file=sys.stderr, flush=True)
+    return code
+
+
+def _option(argv: Sequence[str], flag: str) -> str | None:
+    """The value of ``flag`` in ``argv`` (``--flag VALUE`` or ``--flag=VALUE``), or None."""
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg[len(flag) + 1:]
+    return None

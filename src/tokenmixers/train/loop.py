@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from tokenmixers._faults import fault_point
 from tokenmixers._files import plain
 from tokenmixers.data import (
     AugmentConfig,
@@ -33,8 +34,10 @@ from tokenmixers.evaluation import evaluate
 from tokenmixers.precision import autocast
 from tokenmixers.train import distributed as D
 from tokenmixers.train.checkpoint import (
+    copy_checkpoint,
     find_checkpoint,
     load_state,
+    repair_run,
     rng_state,
     save_checkpoint,
     seed_all,
@@ -52,14 +55,22 @@ from tokenmixers.train.config import (
     save_yaml,
 )
 from tokenmixers.train.progress import Progress, RunLog
+from tokenmixers.train.runlock import RunLock
 from tokenmixers.train.sampler import ResumableSampler
 
 #: What a run writes into its folder (and what ``--overwrite`` removes).
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last", "best", "tensorboard")
+#: Runtime options that apply to the invocation that gives them, not to later resumes.
+ONE_SHOT_KEYS = ("stop_after",)
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the step."""
+    """The loss, the validation loss or the weights became NaN or infinite; the message names
+    the step and the last checkpoint with finite weights and validation."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, permissions); the previous is intact."""
 
 
 class RunExistsError(ValueError):
@@ -96,6 +107,8 @@ def _resume_config(options: dict[str, Any], run_dir: Path) -> TrainConfig:
             f"{details}. Only {', '.join(sorted(RUNTIME_KEYS))} may; start a new run with "
             "--output for a different configuration")
     merged = {**saved, **{k: v for k, v in given.items() if k in RUNTIME_KEYS}}
+    for key in ONE_SHOT_KEYS:  # said for one invocation, never carried into the next
+        merged[key] = given.get(key)
     merged["output"] = str(run_dir)
     return build_config(merged)
 
@@ -104,17 +117,30 @@ def prepare_config(options: dict[str, Any], *, resume: str | None, world_size: i
                    ) -> tuple[TrainConfig, Path]:
     if resume:
         run_dir = Path(resume).expanduser()
+        _need_folder(run_dir, "--resume")
         return _resume_config(options, run_dir), run_dir
     cfg = resolve(build_config(options), world_size)
     if not cfg.output:
         raise ConfigError("no run folder: pass --output RUN_DIR (or --resume RUN_DIR)")
-    return cfg, Path(cfg.output).expanduser()
+    run_dir = Path(cfg.output).expanduser()
+    _need_folder(run_dir, "--output")
+    return cfg, run_dir
 
 
-def check_run_dir(run_dir: Path, cfg: TrainConfig, *, overwrite: bool) -> None:
-    """Refuse a folder holding another run unless ``overwrite``; then clear our files."""
+def _need_folder(run_dir: Path, flag: str) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(
+            f"{flag} {run_dir}: that is a file, and a run needs a folder (a new one, or one "
+            f"holding a run); choose another path")
+
+
+def check_run_dir(run_dir: Path, cfg: TrainConfig, *, overwrite: bool,
+                  clear: bool = True) -> None:
+    """Refuse a folder holding another run unless ``overwrite``; then (``clear``) remove our
+    files from it. The trainer checks first and clears only once the new run's data and model
+    have been built, so an ``--overwrite`` whose new run cannot start loses nothing."""
     present = [n for n in RUN_FILES if (run_dir / n).exists()]
-    if not present:
+    if not present or (overwrite and not clear):
         return
     if not overwrite:
         what = "a run"
@@ -130,6 +156,11 @@ def check_run_dir(run_dir: Path, cfg: TrainConfig, *, overwrite: bool) -> None:
         raise RunExistsError(
             f"{run_dir} already holds {what} ({', '.join(present)}); pass --resume {run_dir} "
             "to continue it, --overwrite to replace it, or choose another --output")
+    clear_run_dir(run_dir)
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Remove what a run writes (``--overwrite``), leftovers of interrupted saves included."""
     for name in RUN_FILES:
         target = run_dir / name
         if target.is_dir():
@@ -228,10 +259,18 @@ class _Trainer:
                                                 world_size=info.world_size)
         self.resuming = resume is not None
         self.overwrite = overwrite
+        self.lock: RunLock | None = None
+        self.made_run_dir = False
+        self.history: list[dict[str, Any]] = []
+        self.epoch_sums: list[float] = [0.0, 0.0, 0.0]
+        self.has_history = not self.resuming  # a checkpoint from an older version has none
         self.progress = Progress(self.cfg.progress, self.cfg.log_interval, enabled=info.is_main)
 
     def log(self, message: str) -> None:
         self.progress.log(message)
+
+    def warn(self, message: str) -> None:
+        self.progress.warn(message)
 
     # -- set-up ---------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -251,9 +290,19 @@ class _Trainer:
         self._wrap_model()
 
     def _claim_run_dir(self) -> None:
-        """Refuse an output folder holding another run (or clear it with --overwrite)."""
-        if self.info.is_main and not self.resuming:
-            check_run_dir(self.run_dir, self.cfg, overwrite=self.overwrite)
+        """Lock the run folder against other writers; a new run refuses a folder holding
+        another one (unless --overwrite, which clears it later, in _write_config); a resumed
+        one is first repaired to one consistent epoch if a crash left it between two."""
+        if not self.info.is_main:
+            return
+        self.made_run_dir = not self.run_dir.exists()
+        self.lock = RunLock(self.run_dir, self.warn)
+        self.lock.acquire()
+        if self.resuming:
+            for line in repair_run(self.run_dir):
+                self.warn(f"repaired {self.run_dir}: {line}")
+        else:
+            check_run_dir(self.run_dir, self.cfg, overwrite=self.overwrite, clear=False)
 
     def _setup_process(self) -> None:
         """Torch threads, deterministic algorithms and the run's seed."""
@@ -383,8 +432,11 @@ class _Trainer:
         # Called once the data and the model are known to work, so a bad option leaves no
         # half-made run folder behind.
         if self.info.is_main and not self.resuming:
+            if self.overwrite:
+                clear_run_dir(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_yaml(self.cfg, self.run_dir / "config.yaml")
+            self.made_run_dir = False  # it holds a run now, whatever happens next
         D.barrier(self.info)
 
     def _setup_counters(self) -> None:
@@ -434,25 +486,31 @@ class _Trainer:
         self.best_top1 = state.get("best_top1")
         self.best_epoch = int(state.get("best_epoch", 0))
         self.elapsed_before = float(state.get("elapsed", 0.0))
+        if state.get("history") is not None:
+            self.history = [dict(r) for r in state["history"]]
+            self.has_history = True
         saved_world = int(state.get("world_size", 1))
         if saved_world != self.info.world_size:
             per = self.cfg.batch_size * self.cfg.accum_steps
-            self.log(f"warning: the run used {saved_world} process(es) (global batch "
-                     f"{per * saved_world}) and resumes on {self.info.world_size} (global batch "
-                     f"{per * self.info.world_size}); pass --nproc {saved_world} to continue it "
-                     "exactly")
+            self.warn(f"warning: the run used {saved_world} process(es) (global batch "
+                      f"{per * saved_world}) and resumes on {self.info.world_size} (global batch "
+                      f"{per * self.info.world_size}); pass --nproc {saved_world} to continue it "
+                      "exactly")
         threads = state.get("threads")
         if threads and threads != torch.get_num_threads():
-            self.log(f"warning: the run used {threads} torch threads and resumes with "
-                     f"{torch.get_num_threads()}; sums may round differently from the "
-                     f"uninterrupted run (pass --threads {threads} to continue it exactly)")
+            self.warn(f"warning: the run used {threads} torch threads and resumes with "
+                      f"{torch.get_num_threads()}; sums may round differently from the "
+                      f"uninterrupted run (pass --threads {threads} to continue it exactly)")
         rngs = state.get("rng") or []
         if self.update_in_epoch and rngs:
             if len(rngs) != self.info.world_size:
-                self.log(f"warning: the run was saved from {len(rngs)} processes and resumes "
-                         f"on {self.info.world_size}; the rest of this epoch will not repeat "
-                         "the uninterrupted run exactly")
+                self.warn(f"warning: the run was saved from {len(rngs)} processes and resumes "
+                          f"on {self.info.world_size}; the rest of this epoch will not repeat "
+                          "the uninterrupted run exactly")
             set_rng_state(rngs[self.info.rank % len(rngs)])
+        sums = state.get("epoch_sums")
+        if self.update_in_epoch and sums and len(sums) == self.info.world_size:
+            self.epoch_sums = [float(v) for v in sums[self.info.rank]]
         self.scheduler.step_update(num_updates=self.global_step)
         self.log(f"resuming {self.run_dir} from {folder.name}: epoch {self.epoch + 1}, step "
                  f"{self.update_in_epoch}/{self.updates_per_epoch} (global step "
@@ -460,8 +518,16 @@ class _Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------
     def _save(self, names: tuple[str, ...]) -> None:
-        """All processes call this (RNG states are gathered); the main one writes."""
+        """All processes call this (RNG states are gathered); the main one writes ``last/``
+        and copies it to the other names (``best/``). Weights that are not finite are never
+        saved."""
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise NonFiniteLossError(
+                f"the weights are not finite after global step {self.global_step} (epoch "
+                f"{self.epoch + 1}); they are not saved; stopped: {self._kept()}. Try a lower "
+                "--lr or --clip-grad 1.0")
         rngs = D.gather_objects(rng_state(), self.info)
+        sums = D.gather_objects(self.epoch_sums, self.info)
         if self.info.is_main:
             state = {
                 "epoch": self.epoch, "update_in_epoch": self.update_in_epoch,
@@ -474,11 +540,43 @@ class _Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "ema": self.ema.module.state_dict() if self.ema is not None else None,
                 "rng": rngs,
+                "epoch_sums": sums if self.update_in_epoch else None,
+                "history": self.history if self.has_history else None,
             }
             meta = _checkpoint_metadata(self.cfg, self.bundle, self.epoch)
-            for name in names:
-                save_checkpoint(self.run_dir, name, self.model, state, metadata=meta)
+            name = ""
+            try:
+                for name in names:
+                    if name == names[0]:
+                        first = save_checkpoint(self.run_dir, name, self.model, state,
+                                                metadata=meta)
+                    else:
+                        fault_point(f"epoch:{names[0]}", self.epoch)
+                        copy_checkpoint(self.run_dir, first, name, self.epoch)
+            except OSError as err:
+                raise CheckpointWriteError(
+                    f"could not write the checkpoint {self.run_dir / name}: "
+                    f"{err.strerror or err} (errno {err.errno}, {err.filename or 'a file'}). "
+                    f"{self._kept(capital=True)}; fix the cause (e.g. free disk space) and "
+                    f"continue with: tokenmixers train --resume {self.run_dir}") from err
         D.barrier(self.info)
+
+    def _kept(self, capital: bool = False) -> str:
+        """What survives a stop: the last checkpoint (finite weights and validation)."""
+        last = find_checkpoint(self.run_dir, "last")
+        if last is None:
+            text = "no checkpoint was written yet (start again with --overwrite)"
+        else:
+            try:
+                state = load_state(last)
+                where = f"epoch {state['epoch']}"
+                if state.get("update_in_epoch"):
+                    where += f" + {state['update_in_epoch']} steps"
+            except ValueError:
+                where = "unreadable state"
+            text = (f"the last good checkpoint, {last} ({where}), is kept; continue from it "
+                    f"with: tokenmixers train --resume {self.run_dir}")
+        return text[0].upper() + text[1:] if capital else text
 
     # -- the loop -------------------------------------------------------------------------------
     def _batches(self, epoch: int, skip_updates: int) -> Iterator[tuple[torch.Tensor,
@@ -546,22 +644,42 @@ class _Trainer:
         return loss_sum, correct, images
 
     def _non_finite(self, loss: torch.Tensor, epoch: int, update: int) -> None:
-        last = find_checkpoint(self.run_dir, "last")
-        kept = (f"the last good checkpoint, {last}, is kept" if last is not None
-                else "no checkpoint was written yet")
         raise NonFiniteLossError(
             f"the loss is {loss.item()} at epoch {epoch + 1}, step {update + 1}/"
-            f"{self.updates_per_epoch} (global step {self.global_step + 1}); stopped: {kept}. "
-            "Try a lower --lr, --clip-grad 1.0, or --amp bf16 instead of fp16")
+            f"{self.updates_per_epoch} (global step {self.global_step + 1}); stopped: "
+            f"{self._kept()}. Try a lower --lr, --clip-grad 1.0, or --amp bf16 instead of fp16")
 
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        except Exception as err:
+            if self.info.enabled and isinstance(err, RuntimeError) and not isinstance(
+                    err, (NonFiniteLossError, CheckpointWriteError, ConfigError)):
+                raise RuntimeError(
+                    f"{err}\n(in a run of {self.info.world_size} processes this usually means "
+                    f"another process of it stopped; its messages say why. {self._kept(True)} "
+                    f"--nproc {self.info.world_size}, once the cause is fixed)") from err
+            raise
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+            if self.made_run_dir and self.run_dir.is_dir() and not any(self.run_dir.iterdir()):
+                self.run_dir.rmdir()  # the run never started: leave no empty folder behind
+
+    def _run(self) -> TrainResult:
         self.t_start = time.perf_counter()
         self._setup()
         cfg, info = self.cfg, self.info
         runlog = None
         if info.is_main:
-            runlog = RunLog(self.run_dir, keep_epochs=self.epoch if self.resuming else None,
-                            purge_step=self.global_step if self.resuming else None)
+            runlog = RunLog(
+                self.run_dir, history=self.history if self.resuming and self.has_history
+                else None, keep_epochs=self.epoch if self.resuming else None,
+                purge_step=self.global_step + 1 if self.resuming else None)
+            if runlog.restored:
+                self.warn(f"restored the record of epoch(s) {runlog.restored} in metrics.jsonl "
+                          "and TensorBoard from the checkpoint (an earlier run stopped before "
+                          "writing them)")
             params = sum(p.numel() for p in self.model.parameters())
             self.log(
                 f"{cfg.model}: {params / 1e6:.3f}M parameters | {cfg.data}: "
@@ -617,16 +735,23 @@ class _Trainer:
             seed_all(cfg.seed * 1_000_003 + epoch * 1009 + info.rank)
         batches = self._batches(epoch, start)
         self.model.train()
-        loss_sum = correct = 0.0
-        images = 0
+        # This process's sums over the epoch so far (a mid-epoch checkpoint carries them, so
+        # a resumed epoch's record covers the whole epoch, as an uninterrupted one does).
+        if start == 0:
+            self.epoch_sums = [0.0, 0.0, 0]
+        loss_sum, correct, images = self.epoch_sums
+        images_before = images
         t0 = time.perf_counter()
         self.progress.start(f"epoch {epoch + 1}/{cfg.epochs}", self.updates_per_epoch, start)
         for update in range(start, self.updates_per_epoch):
             ls, c, n = self._step(batches, epoch, update)
+            fault_point("step", epoch + 1)
             loss_sum, correct, images = loss_sum + ls, correct + c, images + n
+            self.epoch_sums = [loss_sum, correct, images]
             self.update_in_epoch = update + 1
             lr = self.optimizer.param_groups[0]["lr"]
-            rate = images * info.world_size / max(time.perf_counter() - t0, 1e-9)
+            rate = (images - images_before) * info.world_size / max(time.perf_counter() - t0,
+                                                                    1e-9)
             self.progress.step({"loss": loss_sum / images,
                                 "acc": 100 * correct / images if self.mixup is None else None,
                                 "lr": lr, "img/s": rate})
@@ -671,14 +796,31 @@ class _Trainer:
         bad = _bad_images(self.bundle)
         if bad:
             record["bad_images"] = bad
-            self.log(f"skipped {bad} unreadable image(s) so far (the first was named above)")
-        if not all(math.isfinite(v) for v in (val["loss"],)):
-            self.log(f"warning: validation loss is {val['loss']} after epoch {epoch + 1}")
+            self.warn(f"skipped {bad} unreadable image(s) so far (the first was named above)")
+        losses = {"validation loss": val["loss"], "EMA validation loss": record.get("ema_loss")}
+        bad_losses = [f"{k} is {v}" for k, v in losses.items()
+                      if v is not None and not math.isfinite(v)]
+        if val["nonfinite"] and not bad_losses:  # inf logits can still give a finite loss
+            bad_losses.append(f"validation outputs are not finite for {val['nonfinite']} "
+                              "images")
+        if bad_losses:
+            # Its outputs overflowed: an epoch like that is neither saved nor called good.
+            raise NonFiniteLossError(
+                f"the {' and the '.join(bad_losses)} after epoch {epoch + 1} (the model's "
+                f"outputs are not finite; top-1 {val['top1']:.2f}%), so this epoch is not "
+                f"saved; stopped: {self._kept()}. Try a lower --lr (this run has "
+                f"{cfg.lr:g}) or --clip-grad 1.0")
+        # The epoch commits in this order: last/ (whose trainer state holds every epoch's
+        # record, this one's included), best/ (a copy of last/), TensorBoard, metrics.jsonl.
+        # A crash anywhere leaves last/ at this epoch or the previous one; a resume restores
+        # the rest from it (checkpoint.repair_run, RunLog(history=...)).
+        self.history.append(record)
         self.epoch, self.update_in_epoch = epoch + 1, 0
         is_best = self.best_top1 is None or val["top1"] > self.best_top1
         if is_best:
             self.best_top1, self.best_epoch = val["top1"], epoch + 1
         self._save(("last", "best") if is_best else ("last",))
+        fault_point("epoch:saved", self.epoch)
         if runlog is not None:
             runlog.epoch(record)
         ema = f" ema_top1={record['ema_top1']:.2f}" if self.ema is not None else ""

@@ -4,6 +4,7 @@ TensorBoard events in the run folder (main process only)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ class Progress:
         if mode == "auto":
             mode = "bar" if self.stream.isatty() else "plain"
         self.mode = mode if enabled else "none"
+        self.enabled = enabled
         self.interval = interval
         self.bar: tqdm | None = None
         self.prefix = ""
@@ -42,6 +44,16 @@ class Progress:
 
     def log(self, message: str) -> None:
         if self.mode == "none":
+            return
+        if self.bar is not None:
+            self.bar.write(message, file=self.stream)
+        else:
+            print(message, file=self.stream, flush=True)
+
+    def warn(self, message: str) -> None:
+        """A warning or a note on what was found or repaired: printed even with
+        ``--progress none`` (by the main process only)."""
+        if not self.enabled:
             return
         if self.bar is not None:
             self.bar.write(message, file=self.stream)
@@ -74,27 +86,55 @@ class Progress:
 
 
 class RunLog:
-    """``metrics.jsonl`` (one JSON object per epoch) and TensorBoard events."""
+    """``metrics.jsonl`` (one JSON object per epoch) and TensorBoard events.
 
-    def __init__(self, run_dir: Path, *, keep_epochs: int | None, purge_step: int | None,
+    A resumed run passes ``history``, the records its checkpoint holds (every finished epoch,
+    saved with the weights): ``metrics.jsonl`` is rewritten to exactly those, so a record
+    lost to a crash between the checkpoint and the log is restored and a record of an epoch
+    the checkpoint does not hold is dropped, and TensorBoard gets the restored ones again.
+    TensorBoard events after the checkpoint's step are purged (``purge_step``).
+    """
+
+    def __init__(self, run_dir: Path, *, history: list[dict[str, Any]] | None = None,
+                 keep_epochs: int | None = None, purge_step: int | None = None,
                  tensorboard: bool = True) -> None:
         self.path = run_dir / "metrics.jsonl"
-        if keep_epochs is not None and self.path.exists():
-            kept = []
-            for line in self.path.read_text().splitlines():
-                try:
-                    if json.loads(line).get("epoch", 0) <= keep_epochs:
-                        kept.append(line)
-                except json.JSONDecodeError:
-                    continue
-            self.path.write_text("".join(f"{line}\n" for line in kept))
-        elif keep_epochs is None:
-            self.path.write_text("")
+        logged = self._read() if self.path.exists() else []
+        restored: list[dict[str, Any]] = []
+        if history is not None:
+            have = {r.get("epoch") for r in logged}
+            restored = [r for r in history if r.get("epoch") not in have]
+            self._rewrite(history)
+        elif keep_epochs is not None:  # a checkpoint from before records were saved in it
+            self._rewrite([r for r in logged if r.get("epoch", 0) <= keep_epochs])
+        else:
+            self._rewrite([])
+        self.restored = [int(r["epoch"]) for r in restored]
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+            for record in restored:
+                self._epoch_scalars(record)
+            self.writer.flush()
+
+    def _read(self) -> list[dict[str, Any]]:
+        records = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a crash
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
+
+    def _rewrite(self, records: list[dict[str, Any]]) -> None:
+        from tokenmixers._files import atomic_path
+
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
 
     def scalars(self, values: dict[str, float | None], step: int, prefix: str = "") -> None:
         if self.writer is None:
@@ -103,13 +143,23 @@ class RunLog:
             if isinstance(v, (int, float)):
                 self.writer.add_scalar(f"{prefix}{k}", v, step)
 
-    def epoch(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+    def _epoch_scalars(self, record: dict[str, Any]) -> None:
         self.scalars({k: v for k, v in record.items() if k not in ("epoch", "step")},
                      record["step"], prefix="epoch/")
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        """Log a finished epoch: TensorBoard first (flushed), then the metrics line, so a
+        record in metrics.jsonl is always in TensorBoard too."""
+        from tokenmixers._faults import fault_point
+
+        self._epoch_scalars(record)
         if self.writer is not None:
             self.writer.flush()
+        fault_point("epoch:tensorboard", record["epoch"])
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def close(self) -> None:
         if self.writer is not None:
