@@ -39,10 +39,10 @@ from safetensors.torch import load_file
 
 from tokenmixers.train.checkpoint import WEIGHTS, load_state
 
-# A tiny run (0.01M parameters): 32 steps per epoch, 4 epochs, about a second an epoch.
+# A tiny run (0.01M parameters): 32 steps per epoch, 6 epochs, about half a second each.
 RUN = ["--model", "mixer_s16_224", "--model-kwargs", "patch_size=4", "embed_dim=32",
        "num_blocks=1", "--data", "mnist5k", "--limit-train", "1024", "--limit-val", "64",
-       "--batch-size", "32", "--epochs", "4", "--lr", "5e-3", "--warmup-epochs", "0",
+       "--batch-size", "32", "--epochs", "6", "--lr", "5e-3", "--warmup-epochs", "0",
        "--smoothing", "0", "--threads", "1", "--progress", "plain", "--log-interval", "8"]
 STRIP = ("elapsed", "epoch_time", "img_per_sec")  # wall-clock fields differ between runs
 
@@ -166,12 +166,14 @@ def main(argv: list[str] | None = None) -> int:
             state = f"epoch {s['epoch']} + {s['update_in_epoch']} steps"
         temporary = sorted(p.name for p in run.iterdir() if p.name.startswith(".")) \
             if run.exists() else []
+        logged = len(records(run)) if run.exists() else 0
         code, how = run_to_end(run, log)
         problems = differences(run, reference) if code == 0 else [f"exit status {code}"]
         failures += bool(problems)
         what = "killed" if killed else "finished before the kill"
         print(f"trial {trial:3d}: {what} {delay:5.2f}s in (last/: {state or 'none'}; "
-              f"found {', '.join(temporary) or 'no temporary files'}); {how}: "
+              f"{logged} record(s) logged; found {', '.join(temporary) or 'nothing else'}); "
+              f"{how}: "
               f"{'OK' if not problems else 'FAILED: ' + '; '.join(problems)}", flush=True)
     print(f"{args.trials} trials, {failures} failure(s); runs and logs in {root}")
     if not args.keep and not failures:
