@@ -113,8 +113,12 @@ def test_predict_on_png_files(runs: dict[str, Path], tmp_path: Path,
     files.append(rgb)
     assert main(["predict", "--checkpoint", str(runs["mixer"]), "--topk", "3", "--json", "-",
                  *map(str, files)]) == 0
-    results = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    results = json.loads(out)
     assert [r["image"] for r in results] == [str(f) for f in files]
+    # said once, as one line of the command's own
+    assert err.count("tokenmixers predict: warning: predict (mixer_s16_224 takes 1 channel): "
+                     "RGB -> L: colour becomes grayscale") == 1
     for r in results:
         probs = [t["prob"] for t in r["top"]]
         assert len(probs) == 3 and probs == sorted(probs, reverse=True)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
 
 import torch
 
@@ -349,6 +352,28 @@ def _unknown_arguments(parser: argparse.ArgumentParser, command: str,
     parser.error(f"{command}: unrecognized arguments: {'; '.join(hints)}")
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(command: str) -> Iterator[None]:
+    """tokenmixers' own warnings (an image folder's modes, a run folder's config) as one
+    line each, ``tokenmixers COMMAND: warning: ...``, not Python's file:line form; other
+    libraries' warnings keep theirs."""
+    default = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
+        if category.__module__.split(".")[0] == "tokenmixers" or \
+                filename.startswith(str(Path(__file__).parent)):
+            print(f"tokenmixers {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = default
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -358,7 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv
     try:
         load_plugins(args.plugin)
-        return args.func(args)
+        with _warnings_as_lines(args.command):
+            return args.func(args)
     except (ValueError, TypeError, OSError, ImportError) as err:
         print(f"tokenmixers {args.command}: error: {err}", file=sys.stderr)
         return 2
