@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tokenmixers.cli import main
+from tokenmixers.cli import _warnings_as_lines, main
+from tokenmixers.data.folder import ImageModeWarning
 
 COMMON = ["--data", "mnist5k", "--limit-train", "512", "--limit-val", "64", "--epochs", "1",
           "--batch-size", "64", "--lr", "4e-3", "--progress", "none"]
@@ -111,14 +113,19 @@ def test_predict_on_png_files(runs: dict[str, Path], tmp_path: Path,
     rgb = tmp_path / "rgb.png"  # colour files are converted to the model's channels
     Image.fromarray(np.stack([np.asarray(val[5][0])] * 3, axis=-1)).save(rgb)
     files.append(rgb)
-    assert main(["predict", "--checkpoint", str(runs["mixer"]), "--topk", "3", "--json", "-",
-                 *map(str, files)]) == 0
-    out, err = capsys.readouterr()
-    results = json.loads(out)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert main(["predict", "--checkpoint", str(runs["mixer"]), "--topk", "3", "--json",
+                     "-", *map(str, files)]) == 0
+    results = json.loads(capsys.readouterr().out)
     assert [r["image"] for r in results] == [str(f) for f in files]
-    # said once, as one line of the command's own
-    assert err.count("tokenmixers predict: warning: predict (mixer_s16_224 takes 1 channel): "
-                     "RGB -> L: colour becomes grayscale") == 1
+    conversions = [w for w in said if issubclass(w.category, ImageModeWarning)]
+    assert len(conversions) == 1  # said once, not once per image
+    assert "RGB -> L: colour becomes grayscale" in str(conversions[0].message)
+    # on a terminal it is one line of the command's own, not Python's file:line form
+    with _warnings_as_lines("predict"):
+        line = warnings.formatwarning(conversions[0].message, ImageModeWarning, "x.py", 1)
+    assert line == f"tokenmixers predict: warning: {conversions[0].message}\n"
     for r in results:
         probs = [t["prob"] for t in r["top"]]
         assert len(probs) == 3 and probs == sorted(probs, reverse=True)

@@ -10,7 +10,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 
@@ -249,6 +249,46 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a zoo model or a trained run to ONNX / a torch.export program and check it."""
+    from tokenmixers.export import export_model
+
+    if (args.model is None) == (args.checkpoint is None):
+        raise ValueError("tokenmixers export needs exactly one of --model NAME or "
+                         "--checkpoint RUN (a run folder or weights file)")
+    if args.checkpoint is not None:
+        if args.model_kwargs:
+            raise ValueError("--model-kwargs applies to --model only: a checkpoint is rebuilt "
+                             "as it was trained")
+        from tokenmixers.evaluate import load_checkpoint_model
+
+        model = load_checkpoint_model(args.checkpoint).model
+    else:
+        from tokenmixers.train.config import check_model_kwargs, parse_model_kwargs
+        from tokenmixers.zoo import create_model, get_spec
+
+        get_spec(args.model)  # unknown names fail now, with suggestions
+        kwargs = parse_model_kwargs(args.model_kwargs)
+        if args.img_size is not None:  # a zoo model is built for the size it is exported at
+            kwargs.setdefault("img_size", args.img_size)
+        check_model_kwargs(args.model, kwargs)
+        model = create_model(args.model, **kwargs)
+    name = model.model_name or args.model or "model"
+    output = args.output or f"{name}.{args.format}"
+    result = export_model(model, output, format=args.format, img_size=args.img_size,
+                          dynamic_batch=args.dynamic_batch, dynamo=not args.torchscript,
+                          optimize=not args.no_optimize)
+    shape = "x".join(map(str, result.input_shape))
+    print(f"wrote {result.path} ({args.format}, input {shape}"
+          f"{', dynamic batch' if args.dynamic_batch else ''})")
+    print(f"max abs difference from eager: {result.max_abs_diff:.3g}")
+    if args.check and not result.max_abs_diff <= args.tolerance:
+        print(f"check failed: {result.max_abs_diff:.3g} exceeds --tolerance {args.tolerance:g}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 #: Modules under tokenmixers that add a command of the same name (``add_parser(sub)``).
 PLUGIN_COMMANDS = ("bench", "compare")
 
@@ -323,6 +363,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="also write JSON ('-': print JSON only)")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("export", help="export to ONNX or a torch.export program (.pt2) and "
+                       "check the file against the eager model")
+    p.add_argument("--model", help="a zoo model name (random weights unless the run's)")
+    p.add_argument("--checkpoint", metavar="RUN", help="a run folder or weights file")
+    p.add_argument("--format", choices=["onnx", "pt2"], default="onnx")
+    p.add_argument("--img-size", type=int, help="input size (default: the model's; a --model "
+                   "is built for it)")
+    p.add_argument("--dynamic-batch", action="store_true",
+                   help="a symbolic batch dimension in the file")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 if the file's output differs from eager by more than "
+                        "--tolerance")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest absolute difference --check accepts (default 1e-4)")
+    p.add_argument("--torchscript", action="store_true",
+                   help="ONNX through the TorchScript exporter instead of dynamo")
+    p.add_argument("--no-optimize", action="store_true",
+                   help="skip the dynamo ONNX exporter's graph optimisation (about 2x faster "
+                        "to export, a larger graph)")
+    p.add_argument("--output", "-o", metavar="FILE", help="default: MODEL.FORMAT")
+    p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="create_model overrides, e.g. backend=chunkwise img_size=64")
+    p.set_defaults(func=cmd_export)
+
     # Commands that live in their own modules register themselves through add_parser(sub).
     import importlib
 
@@ -356,22 +420,22 @@ def _unknown_arguments(parser: argparse.ArgumentParser, command: str,
 def _warnings_as_lines(command: str) -> Iterator[None]:
     """tokenmixers' own warnings (an image folder's modes, a run folder's config) as one
     line each, ``tokenmixers COMMAND: warning: ...``, not Python's file:line form; other
-    libraries' warnings keep theirs."""
-    default = warnings.showwarning
+    libraries' warnings keep theirs. Only the format changes, so whoever records warnings
+    (``warnings.catch_warnings``, pytest) still gets them."""
+    default = warnings.formatwarning
+    package = str(Path(__file__).parent)
 
-    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-             file: TextIO | None = None, line: str | None = None) -> None:
-        if category.__module__.split(".")[0] == "tokenmixers" or \
-                filename.startswith(str(Path(__file__).parent)):
-            print(f"tokenmixers {command}: warning: {message}", file=file or sys.stderr)
-        else:
-            default(message, category, filename, lineno, file, line)
+    def format_line(message: Warning | str, category: type[Warning], filename: str,
+                    lineno: int, line: str | None = None) -> str:
+        if category.__module__.split(".")[0] == "tokenmixers" or filename.startswith(package):
+            return f"tokenmixers {command}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
 
-    warnings.showwarning = show
+    warnings.formatwarning = format_line
     try:
         yield
     finally:
-        warnings.showwarning = default
+        warnings.formatwarning = default
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,8 +21,10 @@ __all__ = [
     "Scale",
     "UnitOffsetLayerNorm",
     "feature_take_indices",
+    "fx_traced_size",
     "grid_to_nchw",
     "interpolate_pos_embed_grid",
+    "is_fx_proxy",
     "linear_ramp",
     "pool_tokens",
     "register_pooling",
@@ -59,6 +61,29 @@ def feature_take_indices(
     if not take:
         raise ValueError("indices selects no feature; ask for at least one")
     return take, max(take)
+
+
+def is_fx_proxy(x: object) -> bool:
+    """True while ``torch.fx`` traces symbolically (``x`` a ``Proxy``, not a tensor): sizes
+    are then unknown, and a backbone takes its grid from its ``img_size``."""
+    return isinstance(x, torch.fx.Proxy)
+
+
+@torch.fx.wrap  # one call node in an FX graph (the check runs when the graph runs);
+# modules that import it wrap it too: torch.fx.wrap("fx_traced_size")
+def fx_traced_size(x: torch.Tensor, size: tuple[int, int], name: str) -> torch.Tensor:
+    """``x`` ``[B, C, H, W]`` unchanged if ``(H, W) == size``, else a ``ValueError``.
+
+    A backbone traced by ``torch.fx`` (torchvision's ``create_feature_extractor``) is traced
+    at its ``img_size``: the token grid is a Python value there, as every mixer needs it."""
+    if tuple(x.shape[-2:]) != tuple(size):
+        raise ValueError(
+            f"{name} was traced by torch.fx for {size[0]}x{size[1]} images (its img_size), "
+            f"got {x.shape[-2]}x{x.shape[-1]}: trace a model built with "
+            f"img_size=({x.shape[-2]}, {x.shape[-1]}), or use forward_intermediates() or "
+            "torch.export (dynamic sizes) instead"
+        )
+    return x
 
 
 def to_2tuple(value: int | Sequence[int]) -> tuple[int, int]:
@@ -178,6 +203,14 @@ class PatchEmbed(nn.Module):
                 )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not is_fx_proxy(x):  # (FX: the backbone checks the traced size instead)
+            self.check_images(x)
+        x = self.proj(x).permute(0, 2, 3, 1)
+        return self.norm(x)
+
+    def check_images(self, x: torch.Tensor) -> None:
+        """A ``ValueError`` saying what to change unless ``x`` is ``[B, in_chans, H, W]``
+        with a size the patches tile."""
         if x.ndim != 4:
             raise ValueError(f"expected images shaped [B, C, H, W], got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_chans:
@@ -186,8 +219,6 @@ class PatchEmbed(nn.Module):
                 f"build it with in_chans={x.shape[1]}, or convert the images"
             )
         self.check_size(x.shape[-2:])
-        x = self.proj(x).permute(0, 2, 3, 1)
-        return self.norm(x)
 
 
 def _avg(x: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
@@ -272,13 +303,16 @@ class GroupNorm1(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_channels)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.num_channels:
+        if not is_fx_proxy(x) and x.shape[-1] != self.num_channels:
             raise ValueError(
                 f"GroupNorm1 expects {self.num_channels} channels last, got shape {tuple(x.shape)}"
             )
-        # F.group_norm wants channels at dim 1; the statistics do not depend on the layout.
-        y = F.group_norm(x.movedim(-1, 1), 1, self.weight, self.bias, self.eps)
-        return y.movedim(1, -1)
+        # F.group_norm wants channels at dim 1; the statistics do not depend on the layout,
+        # so swapping dims 1 and -1 will do. (Not movedim(-1, 1): the TorchScript ONNX
+        # exporter writes an invalid Transpose for it.)
+        return F.group_norm(x.transpose(1, -1), 1, self.weight, self.bias, self.eps).transpose(
+            1, -1
+        )
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}, eps={self.eps}, affine={self.weight is not None}"
@@ -291,11 +325,14 @@ class UnitOffsetLayerNorm(nn.Module):
     def __init__(self, dim: int, *, eps: float = 1e-5, bias: bool = False) -> None:
         super().__init__()
         self.eps = eps
+        self.dim = dim
         self.weight = nn.Parameter(torch.zeros(dim))
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, (x.shape[-1],), 1 + self.weight, self.bias, self.eps)
+        # The normalised shape from the constructor, not from x: traced (TorchScript ONNX)
+        # it stays a constant where x's sizes are dynamic.
+        return F.layer_norm(x, (self.dim,), 1 + self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}"

@@ -21,8 +21,18 @@ from torch import nn
 
 from tokenmixers.backbones.base import Backbone
 from tokenmixers.blocks import Block
-from tokenmixers.layers import POOLINGS, PatchEmbed, linear_ramp, to_2tuple
+from tokenmixers.layers import (
+    POOLINGS,
+    PatchEmbed,
+    fx_traced_size,
+    is_fx_proxy,
+    linear_ramp,
+    to_2tuple,
+)
 from tokenmixers.mixers.base import create_mixer, get_mixer
+
+# One call node where torch.fx traces (fx.wrap patches the calling module's names).
+torch.fx.wrap("fx_traced_size")
 
 
 def _per_stage(value: Any, num_stages: int, name: str) -> list[Any]:
@@ -78,6 +88,9 @@ class Stage(nn.Module):
 
 class HierarchicalBackbone(Backbone):
     """``forward_features``: ``[B, C_in, H, W] -> [B, h, w, C_last]`` (channels-last)."""
+
+    #: The layout of ``forward_features``' output, in timm's terms (timm reads it).
+    output_fmt = "NHWC"
 
     def __init__(
         self,
@@ -191,14 +204,25 @@ class HierarchicalBackbone(Backbone):
 
     def _stage_forward(self, stage: Stage, x: torch.Tensor) -> torch.Tensor:
         x = stage.downsample(x)
-        b, h, w, c = x.shape
+        if is_fx_proxy(x):  # traced by torch.fx: at img_size, the grid a Python value
+            i = next(i for i, s in enumerate(self.stages) if s is stage)
+            (h, w), b, c = self._fx_grid(i), x.shape[0], self.embed_dims[i]
+        else:
+            b, h, w, c = x.shape
         t = x.reshape(b, h * w, c)
         t = self._run_blocks(stage.blocks, t, (h, w))
         return t.reshape(b, h, w, c)
 
     # -- the parts the base class runs -------------------------------------------------
+    def _fx_grid(self, index: int) -> tuple[int, int]:
+        """Stage ``index``'s grid for an ``img_size`` image (where torch.fx traces)."""
+        return (self.img_size[0] // self.strides[index], self.img_size[1] // self.strides[index])
+
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input_size(x.shape[-2:])
+        if is_fx_proxy(x):
+            x = fx_traced_size(x, self.img_size, self.model_name or type(self).__name__)
+        else:
+            self._check_input_size((x.shape[-2], x.shape[-1]))
         return self.stem_drop(self.patch_embed(x))
 
     def _feature_units(self) -> nn.ModuleList:

@@ -17,12 +17,17 @@ from tokenmixers.backbones.base import Backbone
 from tokenmixers.blocks import Block
 from tokenmixers.layers import (
     PatchEmbed,
+    fx_traced_size,
     grid_to_nchw,
     interpolate_pos_embed_grid,
+    is_fx_proxy,
     linear_ramp,
     to_2tuple,
 )
 from tokenmixers.mixers.base import create_mixer, get_mixer
+
+# One call node where torch.fx traces (fx.wrap patches the calling module's names).
+torch.fx.wrap("fx_traced_size")
 
 #: ``learned``: timm's flat ``[1, (P +) h*w, D]`` table, resampled as timm does;
 #: ``learned_grid``: a ``[1, h, w, D]`` table (``pos_embed.embed``, ViL's layout) added on
@@ -36,10 +41,14 @@ class GridPosEmbed(nn.Module):
 
     def __init__(self, grid: tuple[int, int], dim: int) -> None:
         super().__init__()
+        self.grid = (int(grid[0]), int(grid[1]))
         self.embed = nn.Parameter(torch.zeros(1, grid[0], grid[1], dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + interpolate_pos_embed_grid(self.embed, x.shape[1:3])
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """``[B, H, W, D]``; ``grid``: ``(H, W)`` if known (as ints, where x is traced)."""
+        if grid is not None and tuple(grid) == self.grid:
+            return x + self.embed
+        return x + interpolate_pos_embed_grid(self.embed, grid or x.shape[1:3])
 
 
 class IsotropicBackbone(Backbone):
@@ -180,13 +189,18 @@ class IsotropicBackbone(Backbone):
             )
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        self._check_input_size(tuple(x.shape[-2:]))
-        x = self.patch_embed(x)  # [B, h, w, D]
-        b, h, w, d = x.shape
+        if is_fx_proxy(x):  # traced by torch.fx: at img_size, the grid a Python value
+            x = fx_traced_size(x, self.img_size, self.model_name or type(self).__name__)
+            x = self.patch_embed(x)  # [B, h, w, D]
+            (h, w), b, d = self.grid_size, x.shape[0], self.embed_dim
+        else:
+            self._check_input_size((x.shape[-2], x.shape[-1]))
+            x = self.patch_embed(x)  # [B, h, w, D]
+            b, h, w, d = x.shape
         x = x.reshape(b, h * w, d)
         prefix = [self.cls_token.expand(b, -1, -1)] if self.cls_token is not None else []
         if isinstance(self.pos_embed, GridPosEmbed):
-            x = self.pos_embed(x.reshape(b, h, w, d)).reshape(b, h * w, d)
+            x = self.pos_embed(x.reshape(b, h, w, d), (h, w)).reshape(b, h * w, d)
             x = torch.cat([*prefix, x], dim=1) if prefix else x
         elif self.pos_embed is None:
             x = torch.cat([*prefix, x], dim=1) if prefix else x

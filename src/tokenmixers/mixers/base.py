@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from tokenmixers.layers import is_fx_proxy
 from tokenmixers.text import did_you_mean
 
 PREFIX_MODES = ("mixed", "passthrough")
@@ -179,8 +180,12 @@ def mix_on_grid(
 ) -> torch.Tensor:
     """Apply a grid mixer ``fn: [B, h, w, C] -> [B, h, w, C]`` to the last ``h*w`` tokens of
     ``x: [B, N, C]``; prefix tokens (a class token) pass through unchanged."""
-    b, n, c = x.shape
     h, w = grid
+    if is_fx_proxy(x):  # traced by torch.fx: the token count is not a Python value
+        b, c = x.shape[0], x.shape[2]
+        out = fn(x[:, -h * w :].reshape(b, h, w, c)).reshape(b, h * w, c)
+        return torch.cat([x[:, : x.shape[1] - h * w], out], dim=1)
+    b, n, c = x.shape
     prefix = n - h * w
     if prefix < 0:
         raise ValueError(f"{n} tokens cannot hold a {h}x{w} grid")

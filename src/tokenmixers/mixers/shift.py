@@ -20,6 +20,7 @@ import torch
 from tokenmixers.mixers.base import TokenMixer, Topology, mix_on_grid, register_mixer
 
 
+@torch.fx.wrap  # one node where torch.fx traces (it cannot trace the slice assignments)
 def shift_grid(x: torch.Tensor, n_div: int) -> torch.Tensor:
     """The partial shift of a channels-last grid: ``[B, H, W, C] -> [B, H, W, C]``."""
     g = x.shape[-1] // n_div

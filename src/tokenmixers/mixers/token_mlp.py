@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from tokenmixers.init import xavier_tiny_bias_layer
-from tokenmixers.layers import Mlp
+from tokenmixers.layers import Mlp, is_fx_proxy
 from tokenmixers.mixers.base import TokenMixer, fixed_grid_error, register_mixer
 
 
@@ -49,6 +49,8 @@ class TokenMLPMixer(TokenMixer):
             xavier_tiny_bias_layer(lin)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        if is_fx_proxy(x):  # traced by torch.fx: sizes unknown, the backbone checks them
+            return self.mlp(x.transpose(1, 2)).transpose(1, 2)
         if (grid is not None and tuple(grid) != self.fixed_grid) or x.shape[1] != self.num_tokens:
             got = f"a {grid[0]}x{grid[1]} grid" if grid is not None else f"{x.shape[1]} tokens"
             raise fixed_grid_error(self, got)

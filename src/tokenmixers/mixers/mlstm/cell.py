@@ -169,7 +169,11 @@ def _chunk_logs(igate: torch.Tensor, fgate: torch.Tensor, size: int) -> _ChunkLo
     shape = (*igate.shape[:-1], num_chunks, size)
     cum = F.logsigmoid(fgate).reshape(shape).cumsum(-1)
     rest = igate.reshape(shape) - cum
-    m_intra = cum + rest.cummax(-1).values  # max over s ≤ t of cum_t + rest_s
+    # max over s ≤ t of cum_t + rest_s. A running maximum over the chunk as a masked max
+    # over [L, L] pairs (the intra-chunk attention's size anyway): exactly cummax's
+    # values, but in operators every exporter has (ONNX has no cummax).
+    upper = ~_causal_mask(size, igate.device)
+    m_intra = cum + rest[..., None, :].masked_fill(upper, float("-inf")).amax(-1)
     # Chunk c's state, stabilised by its largest log weight g_c, enters chunk a with
     # weight exp(T_{a−1} − T_c + g_c), T the cumulative chunk-end F (T_{−1} = 0).
     g = cum[..., -1] + rest.amax(-1)
@@ -204,7 +208,10 @@ def mlstm_chunkwise(
     size = chunk_length(q.shape[-2], chunk_size)
     inputs = (q, k, v, igate, fgate)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-    if q.device.type == "cpu" and not needs_grad:
+    # Traced (torch.export, ONNX, torch.compile): the all-chunks form, one graph of a few
+    # large products rather than a loop unrolled over the chunks with in-place updates.
+    tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
+    if q.device.type == "cpu" and not needs_grad and not tracing:
         return _chunkwise_scan(*inputs, size=size, eps=eps, epilogue=epilogue)
     h = _chunkwise_batched(*inputs, size=size, eps=eps)
     return h if epilogue is None else epilogue(h)
@@ -379,6 +386,25 @@ def mlstm(
     while the chunk is still in cache and the others apply to the whole output."""
     if check_backend(backend) == "auto":
         backend = "chunkwise" if q.shape[-2] > chunk_size else "parallel"
+    device_type, dtype = q.device.type, q.dtype
+    autocast = torch.is_autocast_enabled(device_type)
+    if autocast or dtype in (torch.float16, torch.bfloat16):
+        # The cell runs in float32 in half precision (autocast or a .half() model): its
+        # weights are exponentials of running sums of log gates, and under autocast its
+        # forms would mix half-precision products with float32 exponentials (``baddbmm_``
+        # refuses mixed dtypes). Under autocast the result stays float32 (the layer's next
+        # products go back to half precision); a half model gets its own dtype back.
+        with torch.autocast(device_type, enabled=False):
+            q, k, v, igate, fgate = (t.float() for t in (q, k, v, igate, fgate))
+            h = _run_cell(q, k, v, igate, fgate, backend, chunk_size, epilogue)
+        return h if autocast else h.to(dtype)
+    return _run_cell(q, k, v, igate, fgate, backend, chunk_size, epilogue)
+
+
+def _run_cell(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Tensor,
+    fgate: torch.Tensor, backend: str, chunk_size: int, epilogue: Epilogue | None,
+) -> torch.Tensor:
     if backend == "chunkwise":
         return mlstm_chunkwise(q, k, v, igate, fgate, chunk_size=chunk_size, epilogue=epilogue)
     if backend == "parallel":

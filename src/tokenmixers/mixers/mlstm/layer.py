@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenmixers.layers import UnitOffsetLayerNorm
+from tokenmixers.layers import UnitOffsetLayerNorm, is_fx_proxy
 from tokenmixers.mixers.base import TokenMixer, Topology, register_mixer
 from tokenmixers.mixers.mlstm.cell import (
     DEFAULT_CHUNK_SIZE,
@@ -47,8 +47,18 @@ class HeadNorm(UnitOffsetLayerNorm):
     ``[B, NH, S, d]``, which it keeps (no transposing copy): ``.transpose(1, 2)`` of the
     result, flattened, is the tokens-first ``[B, S, NH·d]``."""
 
+    def __init__(
+        self, dim: int, *, num_heads: int | None = None, eps: float = 1e-5, bias: bool = False
+    ) -> None:
+        super().__init__(dim, eps=eps, bias=bias)
+        if num_heads is not None and dim % num_heads:
+            raise ValueError(f"HeadNorm: dim {dim} is not divisible by num_heads {num_heads}")
+        #: Known heads keep the shapes constants when traced (TorchScript ONNX, dynamic batch).
+        self.num_heads = num_heads
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        nh, d = x.shape[1], x.shape[-1]
+        nh = self.num_heads or x.shape[1]
+        d = self.dim // nh
         # (An all-ones weight: PyTorch's CPU layer_norm is ~2x faster with one than without.)
         x = F.layer_norm(x, (d,), x.new_ones(d), None, self.eps) * (1 + self.weight).view(nh, 1, d)
         return x + self.bias.view(nh, 1, d) if self.bias is not None else x
@@ -183,10 +193,12 @@ class MLSTMMixer(TokenMixer):
         self.v_proj = BlockDiagonalLinear(inner, block_size=qkv_block_size, bias=bias)
         self.igate = nn.Linear(3 * inner, num_heads)
         self.fgate = nn.Linear(3 * inner, num_heads)
-        self.outnorm = HeadNorm(inner, bias=norm_bias)
+        self.outnorm = HeadNorm(inner, num_heads=num_heads, bias=norm_bias)
         self.skip = nn.Parameter(torch.ones(inner))
         self.proj_down = nn.Linear(inner, dim, bias=bias)
-        self._orders: dict[tuple[int, int, int, str, str], torch.Tensor | None] = {}
+        self._orders: dict[
+            tuple[int, int, int, str, str], tuple[tuple[int, ...], tuple[int, ...]] | None
+        ] = {}
         self.reset_parameters()
 
     @property
@@ -219,31 +231,41 @@ class MLSTMMixer(TokenMixer):
         nn.init.ones_(self.skip)
 
     # -- scan orders -----------------------------------------------------------------------
-    def _order(self, grid: tuple[int, int], prefix: int, traversal: str) -> torch.Tensor | None:
-        """Indices putting the tokens in scan order (None: already in order)."""
+    def _order(
+        self, grid: tuple[int, int], prefix: int, traversal: str, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Indices putting the tokens in scan order and the inverse permutation putting them
+        back (None: already in order)."""
         key = (grid[0], grid[1], prefix, traversal, self.cls_position)
         if key not in self._orders:
-            # Cached across calls: built as a normal tensor even under inference_mode, or a
-            # later training step could not use it ("inference tensors cannot be saved").
-            with torch.inference_mode(False):
-                self._orders[key] = self._build_order(grid, prefix, traversal)
-        return self._orders[key]
+            # Cached as Python ints, not tensors: worked out in plain Python, the order is
+            # a constant to torch.export/ONNX (no data-dependent check of a traced tensor),
+            # and no tensor made under inference_mode or tracing is kept for later calls.
+            self._orders[key] = self._build_order(grid, prefix, traversal)
+        orders = self._orders[key]
+        if orders is None:
+            return None
+        return (torch.tensor(orders[0], device=device), torch.tensor(orders[1], device=device))
 
     def _build_order(
         self, grid: tuple[int, int], prefix: int, traversal: str
-    ) -> torch.Tensor | None:
-        """The scan order's indices, or None for the identity order."""
+    ) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """The scan order's indices and their inverse, or None for the identity order."""
         h, w = grid
-        idx = torch.arange(h * w).view(h, w) + prefix
         if traversal.startswith("col"):
-            idx = idx.t()
-        idx = idx.flatten()
+            grid_idx = [prefix + r * w + c for c in range(w) for r in range(h)]
+        else:
+            grid_idx = [prefix + i for i in range(h * w)]
         at = 0 if self.cls_position == "first" else h * w // 2
-        idx = torch.cat([idx[:at], torch.arange(prefix), idx[at:]])
+        idx = grid_idx[:at] + list(range(prefix)) + grid_idx[at:]
         if traversal.endswith("reversed"):
-            idx = idx.flip(0)
-        identity = bool((idx == torch.arange(idx.numel())).all())
-        return None if identity else idx
+            idx.reverse()
+        if idx == list(range(len(idx))):
+            return None
+        inverse = [0] * len(idx)
+        for position, token in enumerate(idx):
+            inverse[token] = position
+        return tuple(idx), tuple(inverse)
 
     def _conv(
         self, x: torch.Tensor, grid: tuple[int, int], prefix_at: int, prefix: int
@@ -299,6 +321,8 @@ class MLSTMMixer(TokenMixer):
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """``[B, N, D] -> [B, N, D]``, N = prefix tokens + ``grid[0]·grid[1]``."""
+        if is_fx_proxy(x):
+            return _fx_leaf(self, x, grid)
         n = x.shape[1]
         prefix = n - grid[0] * grid[1]
         if prefix < 0:
@@ -318,34 +342,36 @@ class MLSTMMixer(TokenMixer):
         # x_m (and its gate part) per order and put each order's result back.
         outer = None
         if len(self.traversals) == 1:
-            outer = self._order(grid, prefix, self.traversals[0])
-            x = x if outer is None else x[:, outer.to(x.device)]
+            outer = self._order(grid, prefix, self.traversals[0], x.device)
+            x = x if outer is None else x[:, outer[0]]
         x_m = F.linear(x, weight_m, bias_m)
         z, gates_m = F.linear(x, weight_zg).split(e, dim=-1)  # biases added to the parts:
         z = z if bias_z is None else z + bias_z  # (addmm would first copy a bias to all)
         gates_m = gates_m + gate_bias
         out = None
         for traversal in self.traversals:
-            order = None if len(self.traversals) == 1 else self._order(grid, prefix, traversal)
+            order = (
+                None if len(self.traversals) == 1
+                else self._order(grid, prefix, traversal, x.device)
+            )
             if order is None:
                 seq, seq_gates = x_m, gates_m
             else:
-                order = order.to(x.device)
-                seq, seq_gates = x_m[:, order], gates_m[:, order]
+                seq, seq_gates = x_m[:, order[0]], gates_m[:, order[0]]
             scan_grid = grid if traversal.startswith("row") else (grid[1], grid[0])
             at = 0 if self.cls_position == "first" else grid[0] * grid[1] // 2
             if traversal.endswith("reversed"):
                 at = n - at - prefix
             h = self._scan(seq, seq_gates, w_c, scan_grid, at, prefix)
             if order is not None:
-                h = torch.empty_like(h).index_copy_(1, order, h)
+                h = h[:, order[1]]  # back to grid order (a gather: exports everywhere)
             out = h if out is None else out + h
         assert out is not None
         if len(self.traversals) > 1:
             out = out / len(self.traversals)
         y = self.proj_down(out * F.silu(z))
         if outer is not None:
-            y = torch.empty_like(y).index_copy_(1, outer.to(x.device), y)
+            y = y[:, outer[1]]
         return y
 
     def macs(self, grid: tuple[int, int], num_prefix_tokens: int = 0) -> int:
@@ -388,6 +414,13 @@ class MLSTMMixer(TokenMixer):
             f"heads={self.num_heads}, conv={self.conv_kind}, traversals={self.traversals}, "
             f"backend={self.backend!r}"
         )
+
+
+@torch.fx.wrap
+def _fx_leaf(layer: MLSTMMixer, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """The layer as one node where torch.fx traces (its scan orders and chunks are Python
+    loops over the grid): the node calls the layer when the graph runs."""
+    return layer(x, grid)
 
 
 def set_mlstm_backend(model: nn.Module, backend: str, *, chunk_size: int | None = None) -> int:
