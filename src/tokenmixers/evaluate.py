@@ -122,7 +122,7 @@ def load_checkpoint_model(checkpoint: str | Path) -> LoadedModel:
     For a run folder (or a checkpoint folder inside one) the weights must be of the model
     the run's config.yaml trains, else :class:`RunMismatchError`; a weights file is taken
     as its metadata describes it."""
-    from tokenmixers.weights import load_model
+    from tokenmixers.hub import load_model
 
     path = weights_file(checkpoint)
     meta: dict[str, str] = {}

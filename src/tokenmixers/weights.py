@@ -25,6 +25,8 @@ from tokenmixers.version import __version__
 
 SOURCES = ("tokenmixers", "timm", "official")
 FORMAT = "tokenmixers"
+#: The weights file of a Hugging Face Hub style folder (see ``tokenmixers.hub``).
+WEIGHTS_NAME = "model.safetensors"
 
 
 class CheckpointMismatchError(ValueError):
@@ -133,6 +135,79 @@ def convert_state_dict(
     return converter(dict(state))
 
 
+def _best_conversion(
+    model: Backbone, state: Mapping[str, torch.Tensor], source: str
+) -> tuple[str, dict[str, torch.Tensor], list[str], list[str], list[tuple[str, Any, Any]]]:
+    """Convert ``state`` from ``source`` (or, for ``"auto"``, from whichever known layout fits
+    the model best) -> (source used, converted state, missing, unexpected, shape mismatches)."""
+    model_state = model.state_dict()
+    family = FAMILIES.get(model.family)
+    candidates = (
+        ["tokenmixers", *(family.converters if family else ())] if source == "auto" else [source]
+    )
+    best = None
+    for cand in candidates:
+        converted = convert_state_dict(model, state, cand)
+        missing, unexpected, shapes = _mismatch(model_state, converted)
+        score = len(missing) + len(unexpected) + len(shapes)
+        if best is None or score < best[0]:
+            best = (score, cand, converted, missing, unexpected, shapes)
+        if score == 0:
+            break
+    assert best is not None
+    return best[1:]
+
+
+def pretrained_filter(state_dict: Mapping[str, Any], model: Backbone) -> dict[str, torch.Tensor]:
+    """timm's ``pretrained_filter_fn`` for tokenmixers models: a checkpoint in any layout
+    :func:`load_weights` knows -> the model's keys, checked. Differences timm's loader
+    resolves itself are let through: the head (another class count) and the stem's weight
+    (other input channels); anything else raises :class:`CheckpointMismatchError`."""
+    state = unwrap_state_dict(state_dict)
+    used, converted, missing, unexpected, shapes = _best_conversion(model, state, "auto")
+    first_conv = "patch_embed.proj.weight"
+
+    def head(key: str) -> bool:
+        return key.startswith("head.")
+
+    bad_missing = [k for k in missing if not head(k)]
+    bad_unexpected = [k for k in unexpected if not head(k)]
+    bad_shapes = [s for s in shapes if not head(s[0]) and s[0] != first_conv]
+    if bad_missing or bad_unexpected or bad_shapes:
+        raise CheckpointMismatchError(
+            _describe(model, used, bad_missing, bad_unexpected, bad_shapes, {})
+        )
+    return converted
+
+
+_HEADS = ("head.weight", "head.fc.weight")  # ours (and most layouts) / timm's Sequencer2D
+
+
+def checkpoint_num_classes(path: str | os.PathLike[str]) -> int | None:
+    """The class count of a checkpoint file's head (for safetensors read without loading
+    the tensors; 0 for a headless one written by tokenmixers); None when it cannot tell."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        try:
+            state, _ = read_state_dict(path)
+        except (OSError, ValueError):
+            return None  # the loader says what is wrong with the file
+        head = next((state[k] for k in _HEADS if k in state), None)
+        return int(head.shape[0]) if head is not None else None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in _HEADS:
+                if key in f.keys():
+                    return int(f.get_slice(key).get_shape()[0])
+            metadata = dict(f.metadata() or {})
+    except (SafetensorError, OSError):
+        return None
+    if metadata.get("format") == FORMAT:
+        n = json.loads(metadata.get("model_config", "{}")).get("num_classes")
+        return int(n) if n is not None else None
+    return None
+
+
 def load_weights(
     model: Backbone,
     checkpoint: str | os.PathLike[str] | Mapping[str, torch.Tensor],
@@ -154,23 +229,7 @@ def load_weights(
         state = unwrap_state_dict(checkpoint)
     else:
         state, metadata = read_state_dict(checkpoint)
-    model_state = model.state_dict()
-
-    family = FAMILIES.get(model.family)
-    candidates = (
-        ["tokenmixers", *(family.converters if family else ())] if source == "auto" else [source]
-    )
-    best = None
-    for cand in candidates:
-        converted = convert_state_dict(model, state, cand)
-        missing, unexpected, shapes = _mismatch(model_state, converted)
-        score = len(missing) + len(unexpected) + len(shapes)
-        if best is None or score < best[0]:
-            best = (score, cand, converted, missing, unexpected, shapes)
-        if score == 0:
-            break
-    assert best is not None
-    _, used, converted, missing, unexpected, shapes = best
+    used, converted, missing, unexpected, shapes = _best_conversion(model, state, source)
     if missing or unexpected or shapes:
         if strict:
             raise CheckpointMismatchError(
@@ -186,7 +245,8 @@ def save_weights(
     model: Backbone, path: str | os.PathLike[str], *, metadata: Mapping[str, str] | None = None
 ) -> Path:
     """Write the weights as safetensors, with the model name and config in the metadata so
-    :func:`load_model` can rebuild it. Atomic: a crash mid-write leaves any old file intact."""
+    :func:`tokenmixers.load_model` can rebuild it. Atomic: a crash mid-write leaves any old
+    file intact."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(
@@ -205,19 +265,3 @@ def save_weights(
     with atomic_path(path) as tmp:
         save_file(state, tmp, metadata=meta)
     return path
-
-
-def load_model(path: str | os.PathLike[str], **overrides: Any) -> Backbone:
-    """Rebuild the model saved by :func:`save_weights` at ``path`` and load its weights."""
-    from tokenmixers.zoo import create_model
-
-    state, metadata = read_state_dict(path)
-    if metadata.get("format") != FORMAT or not metadata.get("model_name"):
-        raise ValueError(
-            f"{path} was not written by tokenmixers.save_weights (no model name in its "
-            "metadata); build the model with create_model(...) and use load_weights(model, path)"
-        )
-    config = json.loads(metadata.get("model_config", "{}"))
-    model = create_model(metadata["model_name"], **{**config, **overrides})
-    load_weights(model, state, source="tokenmixers")
-    return model

@@ -2,22 +2,32 @@
 
 ``create_model(name, **overrides)`` builds one; overrides use the reference
 implementation's argument names (timm's for ViT and MLP-Mixer). Importing tokenmixers
-also registers every entry in timm's registry as ``tm_<name>``.
+also registers every entry in timm's registry as ``tm_<name>``, with a complete pretrained
+config (timm's ``pretrained_cfg``: how the weights expect their images, the input-size
+rules, the stem and head names) built from the family's :class:`DataConfig` below, and
+with the published weights that fit the entry (:class:`Weights`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import inspect
 import json
-from dataclasses import dataclass, field
+import math
+import os
+from dataclasses import dataclass, field, replace
 from functools import partial
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from tokenmixers._files import plain
 from tokenmixers.backbones import Backbone
 from tokenmixers.families import FAMILIES
 from tokenmixers.text import did_you_mean
+from tokenmixers.weights import WEIGHTS_NAME, checkpoint_num_classes, pretrained_filter
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,20 @@ class ModelSpec:
     paper: Paper | None
     notes: str = ""
     tags: tuple[str, ...] = field(default=())
+    #: Published weights this entry can load (the first is the default), see :func:`_weights`.
+    weights: tuple[Weights, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A published checkpoint for a zoo entry: its tag (timm's ``name.tag``), where it lives
+    and the layout it is in (converted to ours on load, see ``tokenmixers.weights``)."""
+
+    tag: str
+    hf_hub_id: str
+    #: ``"timm"``: timm's key layout; ``"official"``: the authors'; ``"tokenmixers"``: ours.
+    layout: str
+    description: str = ""
 
 
 ZOO: dict[str, ModelSpec] = {}
@@ -174,6 +198,170 @@ _add("hierarchical", "hierarchical", None, mixer="attention", patch_size=4,
      embed_dims=(64, 128, 256, 512), depths=(2, 2, 6, 2))
 
 
+# ---- Published weights ------------------------------------------------------------------
+# timm's own checkpoints of the same architectures, in timm's key layout (converted to ours
+# on load). Each is the default (ImageNet-1k head) tag timm gives its model of that name.
+def _weights(name: str, tag: str, hf_hub_id: str, layout: str, description: str = "") -> None:
+    spec = ZOO[name]
+    ZOO[name] = replace(spec, weights=(*spec.weights, Weights(tag, hf_hub_id, layout, description)))
+
+
+for _name, _tag in (
+    ("vit_tiny_patch16_224", "augreg_in21k_ft_in1k"),
+    ("vit_small_patch16_224", "augreg_in21k_ft_in1k"),
+    ("vit_base_patch16_224", "augreg2_in21k_ft_in1k"),
+    ("mixer_b16_224", "goog_in21k_ft_in1k"),
+    ("mixer_l16_224", "goog_in21k_ft_in1k"),
+    ("sequencer2d_s", "in1k"),
+    ("sequencer2d_m", "in1k"),
+    ("sequencer2d_l", "in1k"),
+):
+    _weights(_name, _tag, f"timm/{_name}.{_tag}", "timm",
+             f"timm's {_name}.{_tag} weights, converted to tokenmixers' layout on load")
+
+
+# ---- Data / evaluation configs -----------------------------------------------------------
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_HALF = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How a family's weights expect their images, in timm's ``pretrained_cfg`` terms.
+
+    ``fixed_input_size``: the model is built for one input size (a fixed token count, or
+    a learned position embedding that timm treats as fixed; tokenmixers' ViT and ViL can
+    resample theirs, but the weights were trained and are evaluated at ``input_size``).
+    Every input side must in any case be a multiple of the total stride (the patch size
+    for the isotropic families, the product of the stem and downsampling strides for the
+    hierarchical ones) and at least that stride (``min_input_size``).
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_pct: float
+    interpolation: str
+    fixed_input_size: bool
+    crop_mode: str = "center"
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    license: str | None = None
+    #: Where these values come from.
+    source: str = ""
+
+
+#: One per family: the reference implementation's evaluation settings.
+DATA_CONFIGS: dict[str, DataConfig] = {
+    # timm's vit_*_patch16_224 (augreg) cfgs; tests/test_timm_contract.py compares live.
+    "vit": DataConfig(_HALF, _HALF, 0.9, "bicubic", True, license="apache-2.0",
+                      source="timm vision_transformer.py default_cfgs (augreg)"),
+    # timm's mixer_*_224 cfgs (Google's JAX weights normalise to [-1, 1]).
+    "mixer": DataConfig(_HALF, _HALF, 0.875, "bicubic", True, license="apache-2.0",
+                        source="timm mlp_mixer.py default_cfgs"),
+    # timm's sequencer2d_* cfgs (the authors' code is timm-based); the ablations share them.
+    "sequencer2d": DataConfig(_IMAGENET_MEAN, _IMAGENET_STD, 0.875, "bicubic", True,
+                              license="apache-2.0", source="timm sequencer.py default_cfgs"),
+    # microsoft/SPACH datasets.py build_transform: Resize(256/224 * size, bicubic),
+    # CenterCrop(size), ImageNet mean/std (the DeiT/Swin pipeline). Any multiple of 32 works.
+    "shiftvit": DataConfig(_IMAGENET_MEAN, _IMAGENET_STD, 0.875, "bicubic", False,
+                           source="microsoft/SPACH datasets.py (eval transform)"),
+    # NX-AI/vision-lstm eval.py: Resize(224, bicubic), CenterCrop(224) -- no crop margin --
+    # and ImageNet mean/std. The learned position embedding is trained at 224.
+    "vil": DataConfig(_IMAGENET_MEAN, _IMAGENET_STD, 1.0, "bicubic", True,
+                      source="NX-AI/vision-lstm eval.py"),
+    "vil2": DataConfig(_IMAGENET_MEAN, _IMAGENET_STD, 1.0, "bicubic", True,
+                       source="NX-AI/vision-lstm eval.py"),
+    # The generic skeletons have no paper and no weights: timm's defaults, chosen here.
+    "isotropic": DataConfig(_IMAGENET_MEAN, _IMAGENET_STD, 0.875, "bicubic", True,
+                            source="timm's defaults (chosen: no published weights)"),
+    "hierarchical": DataConfig(_IMAGENET_MEAN, _IMAGENET_STD, 0.875, "bicubic", False,
+                               source="timm's defaults (chosen: no published weights)"),
+}
+
+
+def _arguments(spec: ModelSpec, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The entry's full argument set: the builder's defaults, the entry, the overrides."""
+    build = FAMILIES[spec.family].build
+    defaults = {
+        n: p.default for n, p in inspect.signature(build).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    if isinstance(build, partial):
+        defaults.update(build.keywords)
+    return {**defaults, **spec.config, **(overrides or {})}
+
+
+def total_stride(spec: ModelSpec, overrides: dict[str, Any] | None = None) -> int:
+    """How much the entry downsamples in all: input sides must be multiples of this."""
+    args = _arguments(spec, overrides)
+    if "patch_sizes" in args:  # Sequencer2D: stem patch, then one downsampling per stage
+        return math.prod(args["patch_sizes"])
+    if "depths" in args:  # hierarchical: stem patch, then stride-2 (or given) downsamplings
+        sizes = args.get("downsample_sizes") or [2] * (len(args["depths"]) - 1)
+        return args["patch_size"] * math.prod(sizes)
+    return args.get("stride") or args.get("patch_stride") or args["patch_size"]
+
+
+def pretrained_cfg(name: str, tag: str | None = None) -> dict[str, Any]:
+    """The complete timm ``pretrained_cfg`` of zoo entry ``name`` (with weights ``tag``, the
+    default weights if None): what ``timm.data.resolve_data_config`` and timm's loaders read.
+    """
+    spec = get_spec(name)
+    data = DATA_CONFIGS[spec.family]
+    weights = {w.tag: w for w in spec.weights}
+    if tag is not None and tag not in weights:
+        raise ValueError(
+            f"{name} has no weights tagged {tag!r}; its tags: "
+            f"{', '.join(weights) or 'none (tokenmixers publishes no weights for it)'}"
+        )
+    chosen = weights.get(tag) if tag is not None else (spec.weights[0] if spec.weights else None)
+    stride = total_stride(spec)
+    c, h, w = data.input_size
+    cfg: dict[str, Any] = {
+        "architecture": TIMM_PREFIX + name,
+        "tag": chosen.tag if chosen else None,
+        "hf_hub_id": chosen.hf_hub_id if chosen else None,
+        "input_size": data.input_size,
+        "min_input_size": (c, stride, stride),
+        "fixed_input_size": data.fixed_input_size,
+        "interpolation": data.interpolation,
+        "crop_pct": data.crop_pct,
+        "crop_mode": data.crop_mode,
+        "mean": data.mean,
+        "std": data.std,
+        "num_classes": 1000,
+        "pool_size": (h // stride, w // stride),
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        "license": data.license,
+        "notes": (
+            "input height and width: multiples of the total stride, min_input_size[1:]",
+            f"data config: {data.source}",
+            *((chosen.description,) if chosen and chosen.description else ()),
+        ),
+    }
+    if spec.paper is not None:
+        cfg["paper_ids"] = f"arXiv:{spec.paper.arxiv}"
+        cfg["paper_name"] = spec.paper.title
+    return cfg
+
+
+def _cfg_for_model(cfg: dict[str, Any], model: Backbone) -> dict[str, Any]:
+    """``cfg`` with the model's own channels, size and classes (its overrides) applied."""
+    cfg = dict(cfg)
+    in_chans = model.patch_embed.in_chans
+    h, w = model.img_size
+    stride = model.feature_info[-1]["reduction"]
+    cfg["input_size"] = (in_chans, h, w)
+    cfg["min_input_size"] = (in_chans, stride, stride)
+    cfg["pool_size"] = (h // stride, w // stride)
+    cfg["num_classes"] = model.num_classes
+    if len(cfg.get("mean") or ()) != in_chans:
+        # Not the weights' channels: the statistics say nothing about these inputs.
+        cfg["mean"], cfg["std"] = (0.5,) * in_chans, (0.5,) * in_chans
+    return cfg
+
+
 class UnknownModelError(ValueError):
     """An unknown model name; the message suggests the closest names."""
 
@@ -204,12 +392,36 @@ def model_arguments(name: str) -> list[str]:
     return [p for p in inspect.signature(build).parameters if p not in fixed]
 
 
-def create_model(name: str, **overrides: Any) -> Backbone:
+def create_model(
+    name: str,
+    *,
+    pretrained: bool = False,
+    pretrained_file: str | os.PathLike[str] | None = None,
+    **overrides: Any,
+) -> Backbone:
     """Build the zoo model ``name``; ``overrides`` replace its configuration entries.
+
+    ``pretrained=True`` loads the entry's published weights (``ZOO[name].weights``, fetched
+    through timm from the Hugging Face Hub), or ``pretrained_file`` (a ``.safetensors`` or
+    ``.pth`` state dict in tokenmixers', timm's or the authors' layout, or a folder written
+    by :func:`tokenmixers.save_pretrained`); giving ``pretrained_file`` implies
+    ``pretrained``. A checkpoint with another class count loads without its head.
+    ``model.pretrained_cfg`` is the entry's :func:`pretrained_cfg` with the overrides'
+    channels, image size and classes applied.
 
     >>> m = create_model("mixer_s16_224", img_size=28, patch_size=4, in_chans=1,
     ...                  embed_dim=64, num_blocks=2, num_classes=10)
     """
+    source = None
+    if pretrained or pretrained_file is not None:  # say what is missing before building
+        source = _weights_source(name, pretrained_file)
+    model = _build(name, **overrides)
+    if source is not None:
+        _load_pretrained(model, source)
+    return model
+
+
+def _build(name: str, **overrides: Any) -> Backbone:
     spec = get_spec(name)
     family = FAMILIES[spec.family]
     accepted = model_arguments(name)
@@ -225,52 +437,143 @@ def create_model(name: str, **overrides: Any) -> Backbone:
     config = {**spec.config, **overrides}
     model = family.build(**config)
     model.model_name = name
+    model.in_chans = model.patch_embed.in_chans  # timm's model attribute
     model.model_config = plain(config)
     json.dumps(model.model_config)  # fail here, not at save time, if a value is not plain data
-    model.pretrained_cfg = _pretrained_cfg(model)
+    model.pretrained_cfg = _cfg_for_model(pretrained_cfg(name), model)
     model.default_cfg = model.pretrained_cfg
     return model
 
 
-def _pretrained_cfg(model: Backbone) -> dict[str, Any]:
-    """What timm's data helpers (``resolve_data_config``, ``create_transform``) read."""
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+def _no_weights_error(name: str) -> RuntimeError:
+    return RuntimeError(
+        f"tokenmixers publishes no pretrained weights for {name}. Give a checkpoint (ours, "
+        "timm's or the authors' layout): tokenmixers.create_model(name, pretrained_file=PATH) "
+        f"or timm.create_model('{TIMM_PREFIX}{name}', pretrained=True, "
+        "pretrained_cfg_overlay=dict(file=PATH)); or build it with pretrained=False"
+    )
 
-    in_chans = model.patch_embed.in_chans
-    mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    if in_chans != 3:
-        mean, std = (0.5,) * in_chans, (0.5,) * in_chans
-    return {
-        "architecture": model.model_name,
-        "input_size": (in_chans, *model.img_size),
-        "interpolation": "bicubic",
-        "crop_pct": 0.9,
-        "mean": mean,
-        "std": std,
-        "num_classes": model.num_classes,
-        "first_conv": "patch_embed.proj",
-        "classifier": "head",
-    }
+
+def _checkpoint_file(path: str | os.PathLike[str], option: str) -> Path:
+    """A checkpoint file, or the weights file inside a :func:`save_pretrained` folder."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / WEIGHTS_NAME
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"{option}={str(path)!r}: no such checkpoint file (expected a .safetensors/.pth "
+            f"file, or a folder written by tokenmixers.save_pretrained holding {WEIGHTS_NAME})"
+        )
+    return p
+
+
+def _with_file(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``cfg`` pointing at a local checkpoint, with that checkpoint's class count."""
+    cfg = {**cfg, "file": str(path), "hf_hub_id": None, "url": None}
+    n = checkpoint_num_classes(path)
+    if n is not None:
+        cfg["num_classes"] = n
+    return cfg
+
+
+def _weights_source(name: str, file: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """The pretrained cfg to load ``name``'s weights from: ``file``, else its published ones."""
+    source = pretrained_cfg(name)
+    if file is not None:
+        return _with_file(source, _checkpoint_file(file, "pretrained_file"))
+    if not source.get("hf_hub_id"):
+        raise _no_weights_error(name)
+    return source
+
+
+def _load_pretrained(model: Backbone, source: dict[str, Any], cache_dir: Any = None) -> None:
+    """Load the weights ``source`` (a pretrained cfg) names into ``model`` with timm's loader,
+    which drops a head of another class count and adapts the stem to other input channels."""
+    from timm.models import load_pretrained
+
+    load_pretrained(
+        model, pretrained_cfg=source, num_classes=model.num_classes,
+        in_chans=model.patch_embed.in_chans, filter_fn=pretrained_filter, cache_dir=cache_dir,
+    )
 
 
 # ---- timm registry ---------------------------------------------------------------------
 TIMM_PREFIX = "tm_"
 
+#: What timm's ``register_model`` reads for this module's entrypoints (filled in by
+#: :func:`register_with_timm`): one default cfg per ``tm_<name>``, tagged by its weights.
+default_cfgs: dict[str, Any] = {}
+
+
+def _create_for_timm(
+    name: str,
+    pretrained: bool = False,
+    *,
+    pretrained_cfg: Any = None,
+    pretrained_cfg_overlay: dict[str, Any] | None = None,
+    cache_dir: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """``timm.create_model('tm_<name>', ...)``: timm's own builder, so the standard factory
+    arguments work (``pretrained_cfg``, ``pretrained_cfg_overlay``, ``features_only``,
+    ``out_indices`` (default: every block or stage), ``feature_cls`` (default timm's
+    ``'getter'``, which wraps ``forward_intermediates``), ``cache_dir``, ``device`` (the
+    model is built there) and ``dtype``; timm's
+    ``checkpoint_path`` is applied by timm after the build)."""
+    from timm.models import build_model_with_cfg, resolve_pretrained_cfg
+
+    overlay = dict(pretrained_cfg_overlay or {})
+    if overlay.get("file"):
+        path = _checkpoint_file(overlay["file"], "pretrained_cfg_overlay['file']")
+        overlay["file"] = str(path)
+        if "num_classes" not in overlay:
+            n = checkpoint_num_classes(path)
+            if n is not None:
+                overlay["num_classes"] = n
+    if pretrained:
+        resolved = resolve_pretrained_cfg(TIMM_PREFIX + name, pretrained_cfg, overlay)
+        if not (resolved.has_weights or resolved.state_dict):
+            raise _no_weights_error(name)
+    features = bool(kwargs.get("features_only"))
+    feature_cls = kwargs.get("feature_cls", "getter")
+    if features and not _is_getter(feature_cls):
+        raise ValueError(
+            f"feature_cls={feature_cls!r} does not fit tokenmixers models: their features come "
+            "from forward_intermediates (blocks and stages are not run as hookable or "
+            "traceable modules in order). Use feature_cls='getter', the default"
+        )
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = build_model_with_cfg(
+            partial(_build, name),
+            TIMM_PREFIX + name,
+            pretrained,
+            pretrained_cfg=pretrained_cfg,
+            pretrained_cfg_overlay=overlay,
+            feature_cfg={"feature_cls": "getter", "out_indices": None},
+            pretrained_filter_fn=pretrained_filter,
+            cache_dir=cache_dir,
+            **kwargs,
+        )
+    if dtype is not None:
+        model = model.to(dtype=dtype)
+    if not features:
+        model.pretrained_cfg = _cfg_for_model(model.pretrained_cfg, model)
+        model.default_cfg = model.pretrained_cfg
+    return model
+
+
+def _is_getter(feature_cls: Any) -> bool:
+    from timm.models._features import FeatureGetterNet
+
+    if isinstance(feature_cls, str):
+        return feature_cls.lower() == "getter"
+    return isinstance(feature_cls, type) and issubclass(feature_cls, FeatureGetterNet)
+
 
 def _timm_entrypoint(name: str):
-    def entrypoint(
-        pretrained: bool = False,
-        pretrained_cfg: Any = None,
-        pretrained_cfg_overlay: Any = None,
-        cache_dir: Any = None,
-        **kwargs: Any,
-    ) -> Backbone:
-        if pretrained:
-            raise RuntimeError(
-                f"tokenmixers publishes no pretrained weights for {name}; create it with "
-                "pretrained=False and load a checkpoint with tokenmixers.load_weights(model, path)"
-            )
-        return create_model(name, **kwargs)
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> Any:
+        return _create_for_timm(name, pretrained, **kwargs)
 
     entrypoint.__name__ = TIMM_PREFIX + name
     entrypoint.__qualname__ = TIMM_PREFIX + name
@@ -279,12 +582,25 @@ def _timm_entrypoint(name: str):
     return entrypoint
 
 
-def register_with_timm() -> list[str]:
-    """Register every zoo model in timm as ``tm_<name>``, never replacing a timm model.
-    Returns the names registered by this call."""
-    import timm
-    from timm.models import register_model
+def _timm_cfgs() -> dict[str, dict[str, Any]]:
+    """``'tm_<name>[.tag]' -> pretrained cfg`` for every entry and each of its weights."""
+    cfgs = {}
+    for name, spec in ZOO.items():
+        if not spec.weights:
+            cfgs[TIMM_PREFIX + name] = pretrained_cfg(name)
+        for w in spec.weights:
+            cfg = pretrained_cfg(name, w.tag)
+            cfgs[f"{TIMM_PREFIX}{name}.{w.tag}"] = {k: v for k, v in cfg.items() if k != "tag"}
+    return cfgs
 
+
+def register_with_timm() -> list[str]:
+    """Register every zoo model in timm as ``tm_<name>``, with its pretrained cfgs, never
+    replacing a timm model. Returns the names registered by this call."""
+    import timm
+    from timm.models import generate_default_cfgs, register_model
+
+    default_cfgs.update(generate_default_cfgs(_timm_cfgs()))
     done = []
     for name in ZOO:
         timm_name = TIMM_PREFIX + name
