@@ -366,3 +366,42 @@ def test_published_weights_load_through_timms_hub_loader(monkeypatch: pytest.Mon
         with torch.inference_mode():
             torch.testing.assert_close(model.eval()(x), theirs(x), rtol=1e-5, atol=1e-5)
     assert fetched == ["timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"] * 2
+
+
+# ---- the head contract timm's model tests check --------------------------------------------
+@pytest.mark.parametrize("name", ONE_PER_FAMILY)
+def test_reset_classifier_keeps_device_dtype_and_mode(name: str) -> None:
+    model = tiny(name).to(torch.float64).train()
+    model.reset_classifier(0)
+    model.reset_classifier(3)
+    head = list(model.get_classifier().parameters())
+    assert head and all(p.dtype == torch.float64 for p in head)
+    assert all(m.training for m in model.modules())
+    with torch.device("meta"):
+        meta = tokenmixers.create_model(name, **tiny_args(name))
+    meta.to(torch.bfloat16).reset_classifier(2)
+    assert all(p.device.type == "meta" and p.dtype == torch.bfloat16
+               for p in meta.get_classifier().parameters())
+
+
+@pytest.mark.parametrize("name", ONE_PER_FAMILY)
+def test_a_half_precision_model_runs_and_answers_in_its_dtype(name: str) -> None:
+    model = tiny(name)
+    x = images(model)
+    with torch.device("meta"):  # timm's config tests run on the meta device
+        meta = tokenmixers.create_model(name, **tiny_args(name)).to(torch.bfloat16)
+    assert meta(x.to("meta", torch.bfloat16)).dtype == torch.bfloat16
+    assert model.to(torch.bfloat16)(x.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_hierarchical_global_pool_empty_keeps_the_map() -> None:
+    """timm's reset_classifier(0, '') / global_pool='': unpooled NHWC features."""
+    name = FAMILY_MODELS["shiftvit"]
+    model = timm.create_model(TIMM_PREFIX + name, **{**tiny_args(name), "num_classes": 0},
+                              global_pool="").eval()
+    x = images(model)
+    out = model(x)
+    assert out.shape == (2, *model.pretrained_cfg["pool_size"], model.num_features)
+    model = tiny(name)
+    model.reset_classifier(0, "")
+    assert model(x).shape == out.shape

@@ -116,13 +116,15 @@ class Backbone(nn.Module):
                 raise ValueError("global_pool='token' needs a model with a class token")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        device = next(self.parameters()).device
+        # The new head lives where the model does, in its dtype and mode (timm's contract).
+        ref = next(self.parameters())
         self.head = (
-            nn.Linear(self.head_hidden_size, num_classes, device=device)
+            nn.Linear(self.head_hidden_size, num_classes, device=ref.device, dtype=ref.dtype)
             if num_classes > 0
             else nn.Identity()
         )
-        if num_classes > 0:
+        self.head.train(self.training)
+        if num_classes > 0 and ref.device.type != "meta":
             self._init_classifier(self.head)
         if hasattr(self, "model_config"):
             self.model_config = {**self.model_config, "num_classes": num_classes}

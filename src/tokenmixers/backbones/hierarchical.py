@@ -254,7 +254,8 @@ class HierarchicalBackbone(Backbone):
             self.reset_classifier(self.num_classes)
 
     def _head_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1, 2)
+        # global_pool='' keeps the map: the head then acts per position, [B, H, W, classes]
+        return x if self.global_pool == "" else x.flatten(1, 2)
 
     @property
     def feature_info(self) -> list[dict[str, Any]]:

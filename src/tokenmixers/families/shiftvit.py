@@ -43,11 +43,13 @@ def build_shiftvit(
     drop_rate: float = 0.0,
     drop_path_rate: float = 0.1,
     patch_norm: bool = True,
+    global_pool: str = "avg",
 ) -> HierarchicalBackbone:
     """A ShiftViT. Stage i has width ``embed_dim * 2**i``; ``n_div`` sets the shifted groups
     (``C // n_div`` channels per direction, four directions). ``drop_rate`` is the MLP
     dropout (the authors' code also applies it after the stem); ``img_size`` only sets the
-    default input size, any multiple of the total stride runs."""
+    default input size, any multiple of the total stride runs. ``global_pool`` is timm's
+    option (``""`` keeps the final map)."""
     num_stages = len(depths)
     model = HierarchicalBackbone(
         mixer="shift",
@@ -55,6 +57,7 @@ def build_shiftvit(
         img_size=img_size,
         in_chans=in_chans,
         num_classes=num_classes,
+        global_pool=global_pool,
         patch_size=patch_size,
         embed_dims=[embed_dim * 2**i for i in range(num_stages)],
         depths=depths,

@@ -32,6 +32,7 @@ and gradients; ``tests/test_mlstm.py`` pins them to each other):
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -387,14 +388,18 @@ def mlstm(
     if check_backend(backend) == "auto":
         backend = "chunkwise" if q.shape[-2] > chunk_size else "parallel"
     device_type, dtype = q.device.type, q.dtype
-    autocast = torch.is_autocast_enabled(device_type)
+    # (a device without autocast, such as "meta", has none to be enabled)
+    autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(
+        device_type)
     if autocast or dtype in (torch.float16, torch.bfloat16):
         # The cell runs in float32 in half precision (autocast or a .half() model): its
         # weights are exponentials of running sums of log gates, and under autocast its
         # forms would mix half-precision products with float32 exponentials (``baddbmm_``
         # refuses mixed dtypes). Under autocast the result stays float32 (the layer's next
         # products go back to half precision); a half model gets its own dtype back.
-        with torch.autocast(device_type, enabled=False):
+        off = (torch.autocast(device_type, enabled=False) if autocast
+               else contextlib.nullcontext())
+        with off:
             q, k, v, igate, fgate = (t.float() for t in (q, k, v, igate, fgate))
             h = _run_cell(q, k, v, igate, fgate, backend, chunk_size, epilogue)
         return h if autocast else h.to(dtype)
