@@ -140,14 +140,21 @@ def repair_run(run_dir: Path) -> list[str]:
                 done.append(f"warning: best/ holds epoch {have}, but the trainer state calls "
                             f"epoch {best_epoch} best and its weights are gone; best/ is left "
                             "as it is")
-    leftovers = [p for pattern in (".last.*", ".best.*") for p in run_dir.glob(pattern)
-                 if p.is_dir()]
-    for leftover in leftovers:
-        shutil.rmtree(leftover, ignore_errors=True)
+    leftovers = remove_leftovers(run_dir)
     if leftovers:
         done.append(f"removed {len(leftovers)} temporary folder(s) left by an interrupted "
                     f"save ({', '.join(sorted(p.name for p in leftovers))})")
     return done
+
+
+def remove_leftovers(run_dir: Path) -> list[Path]:
+    """Remove the temporary and previous checkpoint folders (``.last.*``, ``.best.*``) that
+    interrupted saves left in ``run_dir``; returns them."""
+    leftovers = [p for pattern in (".last.*", ".best.*") for p in run_dir.glob(pattern)
+                 if p.is_dir()]
+    for leftover in leftovers:
+        shutil.rmtree(leftover, ignore_errors=True)
+    return leftovers
 
 
 def load_state(folder: Path) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from tokenmixers.train.checkpoint import (
     copy_checkpoint,
     find_checkpoint,
     load_state,
+    remove_leftovers,
     repair_run,
     rng_state,
     save_checkpoint,
@@ -55,7 +56,7 @@ from tokenmixers.train.config import (
     save_yaml,
 )
 from tokenmixers.train.progress import Progress, RunLog
-from tokenmixers.train.runlock import RunLock
+from tokenmixers.train.runlock import RunLock, RunLockedError
 from tokenmixers.train.sampler import ResumableSampler
 
 #: What a run writes into its folder (and what ``--overwrite`` removes).
@@ -167,8 +168,7 @@ def clear_run_dir(run_dir: Path) -> None:
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
-    for leftover in [*run_dir.glob(".last.*"), *run_dir.glob(".best.*")]:
-        shutil.rmtree(leftover, ignore_errors=True)
+    remove_leftovers(run_dir)
 
 
 # ---- model and data -----------------------------------------------------------------------
@@ -544,15 +544,12 @@ class _Trainer:
                 "history": self.history if self.has_history else None,
             }
             meta = _checkpoint_metadata(self.cfg, self.bundle, self.epoch)
-            name = ""
+            name, *copies = names
             try:
-                for name in names:
-                    if name == names[0]:
-                        first = save_checkpoint(self.run_dir, name, self.model, state,
-                                                metadata=meta)
-                    else:
-                        fault_point(f"epoch:{names[0]}", self.epoch)
-                        copy_checkpoint(self.run_dir, first, name, self.epoch)
+                first = save_checkpoint(self.run_dir, name, self.model, state, metadata=meta)
+                for name in copies:
+                    fault_point(f"epoch:{names[0]}", self.epoch)
+                    copy_checkpoint(self.run_dir, first, name, self.epoch)
             except OSError as err:
                 raise CheckpointWriteError(
                     f"could not write the checkpoint {self.run_dir / name}: "
@@ -654,7 +651,7 @@ class _Trainer:
             return self._run()
         except Exception as err:
             if self.info.enabled and isinstance(err, RuntimeError) and not isinstance(
-                    err, (NonFiniteLossError, CheckpointWriteError, ConfigError)):
+                    err, (NonFiniteLossError, CheckpointWriteError, RunLockedError)):
                 raise RuntimeError(
                     f"{err}\n(in a run of {self.info.world_size} processes this usually means "
                     f"another process of it stopped; its messages say why. {self._kept(True)} "

@@ -43,18 +43,16 @@ class Progress:
         self.start_done = 0
 
     def log(self, message: str) -> None:
-        if self.mode == "none":
-            return
-        if self.bar is not None:
-            self.bar.write(message, file=self.stream)
-        else:
-            print(message, file=self.stream, flush=True)
+        if self.mode != "none":
+            self._write(message)
 
     def warn(self, message: str) -> None:
         """A warning or a note on what was found or repaired: printed even with
         ``--progress none`` (by the main process only)."""
-        if not self.enabled:
-            return
+        if self.enabled:
+            self._write(message)
+
+    def _write(self, message: str) -> None:
         if self.bar is not None:
             self.bar.write(message, file=self.stream)
         else:
