@@ -148,9 +148,10 @@ def load_checkpoint_model(checkpoint: str | Path) -> LoadedModel:
 def eval_resolutions(
     loaded: LoadedModel, dataset: Dataset, sizes: Sequence[int], *, batch_size: int = 256,
     workers: int = 0, device: torch.device = torch.device("cpu"), amp: str = "none",
+    per_image: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per input size: top-1/top-5/loss, or ``error`` when the model cannot take it
-    (a Mixer is built for one size)."""
+    (a Mixer is built for one size); ``per_image``: also ``correct`` per image, in order."""
     from tokenmixers.data import Transformed, eval_transform
 
     model = loaded.model.to(device)
@@ -161,7 +162,7 @@ def eval_resolutions(
         loader = DataLoader(Transformed(dataset, tf), batch_size=batch_size,
                             num_workers=workers, generator=torch.Generator().manual_seed(0))
         try:
-            result = evaluate(model, loader, device=device, amp=amp)
+            result = evaluate(model, loader, device=device, amp=amp, per_image=per_image)
         except ValueError as err:
             rows.append({"img_size": size, "error": str(err)})
             continue

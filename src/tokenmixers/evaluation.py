@@ -26,13 +26,16 @@ class NonFiniteOutputError(RuntimeError):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, *, device: torch.device, amp: str = "none",
-             reduce: Any = None) -> dict[str, float]:
+             reduce: Any = None, per_image: bool = False) -> dict[str, Any]:
     """Mean cross-entropy, top-1 and top-5 (%) over ``loader``, and ``nonfinite``: how many
     images got NaN or infinite logits (their loss is then NaN too; the caller decides what
-    that means). ``reduce`` sums a list of numbers over processes (sharded validation)."""
+    that means). ``reduce`` sums a list of numbers over processes (sharded validation).
+    ``per_image``: also ``correct``, 1 or 0 per image in the loader's order (top-1 hit), for
+    paired tests between models on the same images."""
     was_training = model.training
     model.eval()
     loss_sum = top1 = top5 = count = nonfinite = 0.0
+    correct: list[int] = []
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, amp):
@@ -44,6 +47,8 @@ def evaluate(model: nn.Module, loader: DataLoader, *, device: torch.device, amp:
         pred = logits.topk(k, dim=1).indices
         hit = pred.eq(y[:, None])
         top1 += hit[:, 0].sum().item()
+        if per_image:
+            correct += hit[:, 0].int().tolist()
         top5 += hit.any(dim=1).sum().item()
         count += y.numel()
     model.train(was_training)
@@ -52,5 +57,9 @@ def evaluate(model: nn.Module, loader: DataLoader, *, device: torch.device, amp:
                                                          nonfinite])
     if count == 0:
         raise ValueError("the validation set is empty")
-    return {"loss": loss_sum / count, "top1": 100.0 * top1 / count,
-            "top5": 100.0 * top5 / count, "count": int(count), "nonfinite": int(nonfinite)}
+    out: dict[str, Any] = {"loss": loss_sum / count, "top1": 100.0 * top1 / count,
+                           "top5": 100.0 * top5 / count, "count": int(count),
+                           "nonfinite": int(nonfinite)}
+    if per_image:
+        out["correct"] = correct
+    return out

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
-from tokenmixers.data.splits import stratified_split
+from tokenmixers.data.splits import nested_stratified_subset, stratified_split
 from tokenmixers.data.transforms import AugmentConfig, Transformed, eval_transform, train_transform
 from tokenmixers.text import did_you_mean
 
@@ -82,6 +82,44 @@ def fixed_subset(dataset: Dataset, limit: int | None) -> Dataset:
     return Subset(dataset, idx.tolist())
 
 
+def labels_of(dataset: Dataset) -> np.ndarray:
+    """The class index of every item, read from ``targets`` (ours, torchvision's, image
+    folders') through any :class:`Subset` around it, without decoding an image."""
+    if isinstance(dataset, Subset):
+        return labels_of(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        return np.asarray([int(dataset[i][1]) for i in range(len(dataset))])  # type: ignore[arg-type]
+    return np.asarray(targets, dtype=np.int64)
+
+
+#: The seed of the held-out validation split and of the data-size subsets: fixed, so every
+#: model and every training seed sees the same images.
+SPLIT_SEED = 0
+
+
+def training_views(
+    train: Dataset, *, holdout: float | None = None, train_fraction: float | None = None
+) -> tuple[Dataset, Dataset | None, dict[str, list[int]]]:
+    """``(train, held-out validation or None, indices)`` carved from a training set.
+
+    ``holdout``: this fraction of ``train`` is set aside for validation (stratified, seed
+    :data:`SPLIT_SEED`) and never trained on; ``train_fraction``: of the rest, train on a
+    stratified, nested subset of this fraction (:func:`nested_stratified_subset`). The
+    indices (into ``train``) say which images went where."""
+    labels = labels_of(train)
+    rest = np.arange(len(labels))
+    val_idx = np.zeros(0, dtype=np.int64)
+    if holdout:
+        rest, val_idx = stratified_split(labels, float(holdout), seed=SPLIT_SEED)
+    if train_fraction and train_fraction < 1.0:
+        rest = rest[nested_stratified_subset(labels[rest], train_fraction, seed=SPLIT_SEED)]
+    indices = {"train": rest.tolist(), "val": val_idx.tolist()}
+    train_view = train if len(rest) == len(labels) else Subset(train, indices["train"])
+    val_view = Subset(train, indices["val"]) if holdout else None
+    return train_view, val_view, indices
+
+
 def load_data(
     value: str | DataSpec, *, data_dir: str = "data", download: bool = False,
     val_split: float | None = None, seed: int = 0, max_bad_fraction: float = 0.01,
@@ -120,8 +158,11 @@ __all__ = [
     "Transformed",
     "eval_transform",
     "fixed_subset",
+    "labels_of",
     "load_data",
+    "nested_stratified_subset",
     "parse_data",
     "stratified_split",
     "train_transform",
+    "training_views",
 ]

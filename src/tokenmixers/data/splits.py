@@ -39,3 +39,28 @@ def stratified_split(
     val_sorted = np.sort(np.concatenate(val_idx))
     train = np.setdiff1d(np.arange(n), val_sorted, assume_unique=True)
     return train, val_sorted
+
+
+def nested_stratified_subset(
+    labels: Sequence[int] | np.ndarray, fraction: float, seed: int = 0
+) -> np.ndarray:
+    """Indices of a stratified ``fraction`` of ``labels``, ascending, *nested*: for one
+    ``seed``, the subset of a smaller fraction is contained in that of every larger one.
+
+    Each class is shuffled once by ``seed`` (the same shuffle whatever the fraction) and gives
+    its first ``max(1, round(fraction * class size))`` images, so every class keeps its
+    share and a data-size sweep adds images without swapping any. The subset depends on the
+    labels, the fraction and ``seed`` only: the same for every model and training seed.
+    """
+    labels = np.asarray(labels)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"the fraction must lie in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    parts = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[rng.permutation(len(idx))]
+        parts.append(idx[:max(1, round(fraction * len(idx)))])
+    return np.sort(np.concatenate(parts))

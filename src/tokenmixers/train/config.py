@@ -99,6 +99,11 @@ class TrainConfig:
     threads: int = 0
     limit_train: int | None = None
     limit_val: int | None = None
+    #: validate on this fraction of the training set, held out (stratified, fixed), instead
+    #: of the test split, which the run then never reads
+    holdout: float | None = None
+    #: train on this stratified, nested fraction of the (remaining) training set
+    train_fraction: float | None = None
     max_bad_images: float = 0.01
     # per invocation (not part of a run's identity; may change on --resume)
     stop_after: int | None = None
@@ -530,6 +535,11 @@ RULES: dict[str, Rule] = {
     "threads": _rule(int, "[0, inf)", "torch threads; 0: PyTorch's default"),
     "limit_train": _rule(int, "[1, inf)", expected=_IMAGES, fix=_ALL_IMAGES),
     "limit_val": _rule(int, "[1, inf)", expected=_IMAGES, fix=_ALL_IMAGES),
+    "holdout": _rule(float, "(0, 1)", "the fraction of the training set held out for "
+                     "validation", fix="e.g. holdout: 0.1, or leave it out to validate on the "
+                     "test split"),
+    "train_fraction": _rule(float, "(0, 1]", "the fraction of the training set trained on",
+                            fix="e.g. train_fraction: 0.25, or leave it out to use it all"),
     "max_bad_images": _rule(float, "[0, 1]", "the fraction of unreadable images tolerated"),
     "stop_after": _rule(int, "[1, inf)", "epochs in this invocation",
                         fix="leave it out to train all --epochs"),

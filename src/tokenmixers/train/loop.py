@@ -29,6 +29,7 @@ from tokenmixers.data import (
     fixed_subset,
     load_data,
     train_transform,
+    training_views,
 )
 from tokenmixers.evaluation import evaluate
 from tokenmixers.precision import autocast
@@ -337,10 +338,14 @@ class _Trainer:
         aug = AugmentConfig(scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip,
                             color_jitter=cfg.color_jitter, auto_augment=cfg.auto_augment,
                             reprob=cfg.reprob, no_aug=cfg.no_aug)
+        # With holdout the validation images come out of the training set and the test
+        # split is never read (compare tunes and watches convergence on them).
+        train, held_out, _ = training_views(fixed_subset(bundle.train, cfg.limit_train),
+                                            holdout=cfg.holdout,
+                                            train_fraction=cfg.train_fraction)
         self.train_set = Transformed(
-            fixed_subset(bundle.train, cfg.limit_train),
-            train_transform(cfg.img_size, bundle.in_chans, bundle.mean, bundle.std, aug))
-        val = fixed_subset(bundle.val, cfg.limit_val)
+            train, train_transform(cfg.img_size, bundle.in_chans, bundle.mean, bundle.std, aug))
+        val = fixed_subset(held_out if held_out is not None else bundle.val, cfg.limit_val)
         n_val = len(val)  # type: ignore[arg-type]
         self.n_val = n_val
         # Each process evaluates every world_size-th image; counts are summed, so no image
