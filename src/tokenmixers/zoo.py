@@ -190,6 +190,33 @@ _add("vil2_small", "vil2", Paper(_VIL, "2406.04303", params=23_398_696),
 _add("vil2_base", "vil2", Paper(_VIL, "2406.04303", params=89_263_528),
      dim=768, depth=12, drop_path_rate=0.2)
 
+# ---- Vision Mamba (bidirectional Mamba) -------------------------------------------------
+_VIM = ("Vision Mamba: Efficient Visual Representation Learning with Bidirectional State "
+        "Space Model")
+_VIM_TOP1 = "Vim paper / hustvl/Vim README, 300 epochs on ImageNet-1k (DeiT recipe)"
+# Drop path: the authors' pretraining scripts (tiny: main.py's default 0.1, small 0.05; no
+# script is published for base: main.py's default).
+_add("vim_tiny", "vim",
+     Paper(_VIM, "2401.09417", params=7_148_008, top1=76.1, top1_source=_VIM_TOP1),
+     embed_dim=192, depth=24, drop_path_rate=0.1)
+_add("vim_small", "vim",
+     Paper(_VIM, "2401.09417", params=25_796_584, top1=80.5, top1_source=_VIM_TOP1),
+     embed_dim=384, depth=24, drop_path_rate=0.05)
+_add("vim_base", "vim",
+     Paper(_VIM, "2401.09417", params=97_598_440, top1=81.9, top1_source=_VIM_TOP1),
+     embed_dim=768, depth=24, drop_path_rate=0.1)
+# The long-sequence variants (stride 8: 27x27 = 729 patches at 224), the authors' Vim-tiny+
+# and Vim-small+ ("finetuned at finer granularity", hustvl/Vim README).
+_VIM_PLUS = "hustvl/Vim README: fine-tuned from the stride-16 model at stride 8"
+_add("vim_tiny_stride8", "vim",
+     Paper(_VIM, "2401.09417", params=7_148_008 + 192 * (27 * 27 - 14 * 14), top1=78.3,
+           top1_source=_VIM_PLUS),
+     embed_dim=192, depth=24, stride=8, drop_path_rate=0.1)
+_add("vim_small_stride8", "vim",
+     Paper(_VIM, "2401.09417", params=25_796_584 + 384 * (27 * 27 - 14 * 14), top1=81.6,
+           top1_source=_VIM_PLUS),
+     embed_dim=384, depth=24, stride=8, drop_path_rate=0.05)
+
 # ---- Generic skeletons: any mixer, everything else fixed (``mixer=...``) ----------------
 # ViT-Ti-like widths for the isotropic one, a Swin/ShiftViT-T-like pyramid (at 64 wide)
 # for the hierarchical one.
@@ -271,6 +298,10 @@ DATA_CONFIGS: dict[str, DataConfig] = {
                       source="NX-AI/vision-lstm eval.py"),
     "vil2": DataConfig(_IMAGENET_MEAN, _IMAGENET_STD, 1.0, "bicubic", True,
                        source="NX-AI/vision-lstm eval.py"),
+    # hustvl/Vim main.py / DeiT datasets.py: Resize(size / 0.875, bicubic), CenterCrop(size),
+    # ImageNet mean/std. The learned position embedding is trained at 224.
+    "vim": DataConfig(_IMAGENET_MEAN, _IMAGENET_STD, 0.875, "bicubic", True,
+                      license="apache-2.0", source="hustvl/Vim main.py (eval transform)"),
     # The generic skeletons have no paper and no weights: timm's defaults, chosen here.
     "isotropic": DataConfig(_IMAGENET_MEAN, _IMAGENET_STD, 0.875, "bicubic", True,
                             source="timm's defaults (chosen: no published weights)"),
