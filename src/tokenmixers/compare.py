@@ -1,7 +1,7 @@
-"""``tokenmixers compare``: one model per token mixer, trained with the same recipe, seed
-and epochs on the same data, evaluated at the training resolution and below and above it,
-benchmarked (in the precision it trained in), and written up as ``report.md`` /
-``report.html`` with plots.
+"""``tokenmixers compare``: one model per token mixer, trained with the same recipe,
+epochs and data and several seeds each, evaluated on the test split at the training
+resolution and below and above it, benchmarked apart from training, and written up as
+``report.md`` / ``report.html`` with plots.
 
 Skeletons (``--skeleton``):
 
@@ -13,9 +13,25 @@ Skeletons (``--skeleton``):
   filter — and any mixer of your own) in the *same* skeleton with the same widths, depths
   and channel MLPs (``tokenmixers.families.generic``), so only the token mixer differs.
 
+What makes the comparison one to trust:
+
+- seeds (``--seeds``): mean ± std, a 95% t-interval, and paired tests between models on the
+  same test images (:mod:`tokenmixers.stats`), marked in the table;
+- a validation split held out of the training set (``--holdout``) for the curves, the
+  "still improving" flags and tuning (``--tune lr``: the same trials for every model); the
+  test split is loaded only after tuning and read once per run, with the final weights;
+- the budget stated per row: epochs, training MACs, wall time, read from the runs;
+- a data-size sweep (``--train-fraction``) on nested, stratified subsets, with the same
+  optimizer updates at every size;
+- ``--resume`` refuses changed options (naming them) and adds only missing runs; an
+  existing ``--out`` is refused without ``--resume`` or ``--overwrite``;
+- throughput measured after training, in fresh processes, with a warning when the machine
+  was busy.
+
 Budgets (``--budget``): ``small`` keeps every model around 0.2-0.5 M parameters and trains
-:data:`SMALL_EPOCHS` epochs unless told otherwise, so the whole run fits in about ten
-minutes on a 2-core CPU; ``paper`` uses the paper models and the data's full recipe.
+:data:`SMALL_EPOCHS` epochs x :data:`SEEDS` seeds unless told otherwise, so the whole run
+fits in about ten minutes on a 2-core CPU; ``paper`` uses the paper models and the data's
+full recipe.
 """
 
 from __future__ import annotations
