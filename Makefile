@@ -21,10 +21,12 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest
 
-# The main job: train, evaluate and benchmark one small model per token mixer on the
-# built-in mnist5k digits, then write runs/compare-mnist5k-native-small/report.{md,html}.
+# The main job: train, evaluate and benchmark one small model per token mixer (2 seeds each)
+# on the built-in mnist5k digits, then write runs/compare-mnist5k-native-small/report.{md,html}.
+# --resume: a second `make demo` keeps the finished runs (and refuses, naming them, if the
+# options changed; pass --overwrite to tokenmixers compare to start again).
 demo: $(STAMP)
-	$(VENV)/bin/tokenmixers compare --data mnist5k
+	$(VENV)/bin/tokenmixers compare --data mnist5k --resume
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

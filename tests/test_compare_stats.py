@@ -81,6 +81,7 @@ def test_nested_stratified_subsets() -> None:
 
 def test_out_folder_refusals(tmp_path: Path) -> None:
     out = tmp_path / "cmp"
+    _prepare_out(CompareConfig(out=str(out), resume=True), out)  # nothing yet: starts
     out.mkdir()
     (out / "mine").mkdir()  # a run a user put there
     with pytest.raises(ValueError, match="--resume to continue it, --overwrite to replace it"):
@@ -144,7 +145,7 @@ def test_report_renders_with_marks_links_and_visible_points(tmp_path: Path) -> N
     assert f"{statistics.mean(tops):.2f} ± {statistics.stdev(tops):.2f}" in row["ViT"]
     assert "[vit_m](vit/)" in row["ViT"] and "*" in row["ViT"]  # far below the best
     # 95% vs 94% on 200 images: either may come out best, and the other is n.s.
-    assert {row["MLP-Mixer"][11], row["Vision-LSTM"][11]} == {"best", "n.s."}
+    assert {row["MLP-Mixer"][12], row["Vision-LSTM"][12]} == {"best", "n.s."}
     assert any(c.startswith("yes") for c in row["ViT"])  # its curve still climbs
     assert any(c.startswith("no") for c in row["MLP-Mixer"])
     assert "WARNING: the machine was busy" in md and "## Data-size sweep" in md

@@ -527,6 +527,8 @@ def _prepare_out(cfg: CompareConfig, out: Path) -> None:
     if cfg.resume and cfg.overwrite:
         raise ValueError("--resume keeps the runs in --out and --overwrite deletes them: "
                          "give one of them")
+    if cfg.resume and not present:
+        return  # nothing to continue yet: start it (so `make demo` can always pass --resume)
     if cfg.resume:
         if not stored.is_file():
             raise ValueError(
