@@ -148,7 +148,7 @@ def test_report_renders_with_marks_links_and_visible_points(tmp_path: Path) -> N
     assert {row["MLP-Mixer"][12], row["Vision-LSTM"][12]} == {"best", "n.s."}
     assert any(c.startswith("yes") for c in row["ViT"])  # its curve still climbs
     assert any(c.startswith("no") for c in row["MLP-Mixer"])
-    assert "WARNING: the machine was busy" in md and "## Data-size sweep" in md
+    assert "WARNING: the throughput figures are unreliable" in md and "## Data-size sweep" in md
     assert "[config.yaml](vit/frac0.25/seed1/config.yaml)" in md
     html = (tmp_path / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 5 and 'href="vit/seed0/"' in html

@@ -501,18 +501,31 @@ def tune_entry(cfg: CompareConfig, entry: Entry, out: Path) -> dict[str, Any]:
         options = _train_options(cfg, entry, run_dir, seed=seed, hparams=hp)
         kept = _kept(run_dir / "trial.json", options)
         if kept is None:
+            from tokenmixers.train.loop import NonFiniteLossError
+
             _log(f"== tuning {entry.label}: {trial_name(hp)} (seed {seed})")
-            _, secs = _train(options, run_dir)
+            t0 = time.perf_counter()
+            error = None
+            try:
+                _train(options, run_dir)
+            except NonFiniteLossError as err:  # a learning rate too high: a failed trial
+                error = str(err).split(";")[0]
+                _log(f"   diverged: {error}")
             curves = _metrics(run_dir)
             kept = {"hparams": hp, "options": plain({k: v for k, v in options.items()
                                                      if k not in RUN_ONLY}),
-                    "val_top1": curves[-1]["top1"], "curve": [c["top1"] for c in curves],
-                    "train_time_s": secs, "run_dir": str(run_dir.relative_to(out)),
-                    "seed": seed}
+                    "val_top1": None if error else curves[-1]["top1"],
+                    "curve": [c["top1"] for c in curves], "error": error,
+                    "train_time_s": time.perf_counter() - t0,
+                    "run_dir": str(run_dir.relative_to(out)), "seed": seed}
             with atomic_path(run_dir / "trial.json") as tmp:
                 tmp.write_text(json.dumps(kept, indent=1))
         trials.append(kept)
-    best = max(range(len(trials)), key=lambda i: trials[i]["val_top1"])  # first of ties
+    done = [i for i, t in enumerate(trials) if t["val_top1"] is not None]
+    if not done:
+        raise RuntimeError(f"every tuning trial of {entry.label} diverged; try a lower grid "
+                           f"(e.g. --lr-grid with smaller values)")
+    best = max(done, key=lambda i: trials[i]["val_top1"])  # the first of ties
     return {"trials": trials, "chosen": trials[best]["hparams"], "seed": seed}
 
 
@@ -752,13 +765,18 @@ def _bench_entry(cfg: CompareConfig, entry: Entry, out: Path,
                      threads=cfg.threads or None, model_kwargs=dict(record["model_config"]),
                      repeats=BENCH_REPEATS, warmup=BENCH_WARMUP)
     load_after = os.getloadavg()[0]
-    spreads = [r["infer_img_s_max"] / r["infer_img_s_min"] for r in rows
-               if r.get("infer_img_s_min")]
+    spreads = {r["img_size"]: r["infer_img_s_max"] / r["infer_img_s_min"] for r in rows
+               if r.get("infer_img_s_min")}
     busy = []
-    if spreads and max(spreads) > BUSY_SPREAD:
-        busy.append(f"timed batches varied by up to x{max(spreads):.2f} (max/min rate)")
     if others.cores is not None and others.cores > BUSY_OTHER_CORES:
         busy.append(f"other processes used {others.cores:.1f} CPU cores meanwhile")
+    unstable = {size: spread for size, spread in spreads.items() if spread > BUSY_SPREAD}
+    if unstable:
+        busy.append("timed batches varied by " + ", ".join(
+            f"x{v:.2f} at {k} px" for k, v in unstable.items()) + " (max/min rate)"
+            + ("" if busy or others.cores is None else
+               f", while other processes used only {others.cores:.2f} CPU cores: a noisy "
+               "measurement rather than a busy machine; read the median"))
     result = {"settings": settings, "rows": rows, "load_before": load_before,
               "load_after": load_after, "other_cores": others.cores, "busy": busy}
     with atomic_path(path) as tmp:

@@ -535,8 +535,9 @@ def write_report(records: Sequence[dict[str, Any]], out: Path, *, title: str,
         f"(slowest-fastest).")))
     busy = [(key, b["busy"]) for key, b in benches.items() if b.get("busy")]
     if busy:
-        blocks.append(("p", "WARNING: the machine was busy during the throughput benchmark, "
-                            "so these img/s are unreliable: " + "; ".join(
+        blocks.append(("p", "WARNING: the throughput figures are unreliable (the machine "
+                            "was busy, or the timed batches varied by more than "
+                            f"x{BUSY_SPREAD}): " + "; ".join(
                                 f"{k}: {', '.join(v)}" for k, v in busy)
                        + ". Measure again on a quiet machine (tokenmixers bench)."))
 
@@ -568,6 +569,7 @@ def write_report(records: Sequence[dict[str, Any]], out: Path, *, title: str,
                 chosen = trial["hparams"] == t["chosen"]
                 trow.append([g.label, ", ".join(f"{k} {v:g}" for k, v in
                                                 trial["hparams"].items()),
+                             "diverged" if trial["val_top1"] is None else
                              f"{trial['val_top1']:.2f}", f"{trial['train_time_s']:.0f}s",
                              "chosen" if chosen else "",
                              (trial["run_dir"], trial["run_dir"] + "/")])
