@@ -33,12 +33,13 @@ __all__ = ["PLOTS", "PLOT_FILES", "Group", "figures", "groups", "legend_overlaps
            "pairwise", "summary_rows", "write_report"]
 
 PLOTS = {
-    "accuracy_vs_params.png": "Test accuracy against parameters (mean and 95% interval over "
-                              "seeds; small dots: single seeds)",
-    "accuracy_vs_resolution.png": "Test accuracy against test resolution (mean and 95% "
-                                  "interval over seeds)",
-    "data_size.png": "Test accuracy against the number of training images (mean and 95% "
-                     "interval over seeds; the same nested subsets for every model)",
+    "accuracy_vs_params.png": "Test accuracy against parameters (mean ± std over seeds; "
+                              "small dots: single seeds)",
+    "accuracy_vs_resolution.png": "Test accuracy against test resolution (mean ± std over "
+                                  "seeds)",
+    "data_size.png": "Test accuracy against the number of training images (mean ± std over "
+                     "seeds, small dots: single seeds; the same nested subsets for every "
+                     "model)",
     "scaling.png": "Inference throughput (median; bars: slowest to fastest timed batch) and "
                    "peak memory against resolution (log-log)",
     "training_curves.png": "Training curves, one line per seed (validation: the held-out "
@@ -258,9 +259,10 @@ def _legend_outside(ax: Any) -> None:
 
 
 def _errbar(s: Summary) -> tuple[float, float]:
-    if s.low is None:
-        return 0.0, 0.0
-    return s.mean - s.low, s.high - s.mean  # type: ignore[operator]
+    """Error bars of the plots: ± one standard deviation over seeds, the spread itself. (The
+    95% t-interval is in the table; with 2 seeds it is ± 9 standard deviations and would
+    flatten every plot.)"""
+    return (s.std or 0.0, s.std or 0.0)
 
 
 def figures(records: Sequence[dict[str, Any]],
@@ -343,6 +345,9 @@ def figures(records: Sequence[dict[str, Any]],
             errs = np.array([_errbar(g.top1[train_size]) for g in line]).T
             ax.errorbar(xs, [g.top1[train_size].mean for g in line], yerr=errs, marker="o",
                         capsize=3, color=colors[g0.key], label=g0.label)
+            for x, g in zip(xs, line):
+                tops = [_eval_at(r, train_size)["top1"] for r in g.runs]  # type: ignore[index]
+                ax.plot([x] * len(tops), tops, ".", color=colors[g0.key], alpha=0.5, ms=4)
         ax.set_xscale("log")
         plain_ticks(ax.xaxis, xs_all)
         ax.set_xlabel("training images (log scale)")
