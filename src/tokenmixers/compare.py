@@ -476,11 +476,16 @@ def tuning_grid(cfg: CompareConfig, entry: Entry) -> list[dict[str, float]]:
     return [dict(combo) for combo in itertools.product(*axes)]
 
 
-def _recipe_lr(cfg: CompareConfig, entry: Entry) -> float:
+def _recipe(cfg: CompareConfig, entry: Entry) -> Any:
+    """The resolved training configuration ``entry``'s runs get (the recipe's values for
+    what the comparison leaves open)."""
     from tokenmixers.train.config import build_config, resolve
 
-    options = _train_options(cfg, entry, Path("unused"), seed=cfg.seed)
-    return float(resolve(build_config(options)).lr)  # type: ignore[arg-type]
+    return resolve(build_config(_train_options(cfg, entry, Path("unused"), seed=cfg.seed)))
+
+
+def _recipe_lr(cfg: CompareConfig, entry: Entry) -> float:
+    return float(_recipe(cfg, entry).lr)
 
 
 def trial_name(hparams: dict[str, float]) -> str:
@@ -658,9 +663,10 @@ def compare(cfg: CompareConfig, *, progress: Callable[[str], None] = _log) -> Pa
         for entry in todo:
             hp = tuning.get(entry.key, {}).get("chosen")
             epochs = _epochs(cfg)
-            if fraction < 1.0 and epochs is not None:
-                batch = cfg.batch_size or _recipe_batch(cfg, entry)
-                epochs = sweep_epochs(epochs, full, counts[fraction], batch)
+            if fraction < 1.0:
+                recipe = _recipe(cfg, entry)
+                epochs = sweep_epochs(int(recipe.epochs), full, counts[fraction],
+                                      int(recipe.batch_size))
             for seed in seeds(cfg):
                 run_dir = out / entry.key / run_name(seed, fraction)
                 options = _train_options(cfg, entry, run_dir, seed=seed, fraction=fraction,
@@ -679,13 +685,6 @@ def compare(cfg: CompareConfig, *, progress: Callable[[str], None] = _log) -> Pa
     write_report(records, out, title=_title(cfg), tuning=tuning, benches=benches,
                  settings=_settings(cfg, time.perf_counter() - t0))
     return out
-
-
-def _recipe_batch(cfg: CompareConfig, entry: Entry) -> int:
-    from tokenmixers.train.config import build_config, resolve
-
-    options = _train_options(cfg, entry, Path("unused"), seed=cfg.seed)
-    return int(resolve(build_config(options)).batch_size)  # type: ignore[arg-type]
 
 
 def _settings(cfg: CompareConfig, wall: float) -> dict[str, Any]:
