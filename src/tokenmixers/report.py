@@ -515,8 +515,8 @@ def write_report(records: Sequence[dict[str, Any]], out: Path, *, title: str,
     holdout = _same([r.get("holdout") for r in records])
     test_n = next((row.get("count") for row in first["eval"] if "count" in row), "?")
     blocks.append(("p", (
-        f"{len(gs)} models, {len(gs[0].runs)} seed(s) each ({', '.join(map(str, seeds))}: "
-        f"the seed changes the initialisation, the data order and the augmentation). Each "
+        f"{len(gs)} models, trained with seed(s) {', '.join(map(str, seeds))} (the seed "
+        f"changes the initialisation, the data order and the augmentation). Each "
         f"trains on the training set minus a held-out {holdout} of it (stratified, the same "
         f"images for every model and seed), which gives the validation curves, the 'still "
         f"improving' flags and the tuning; the {test_n} test images are evaluated once, "
