@@ -35,11 +35,16 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "vil2-chunkwise": ("vil2_tiny", {**VIL, "backend": "chunkwise", "chunk_size": 8}),
     "vil2-parallel": ("vil2_tiny", {**VIL, "backend": "parallel"}),
     "vil2-recurrent": ("vil2_tiny", {**VIL, "backend": "recurrent", "img_size": 16}),
+    # Vim: the recurrent scan unrolled over 5 tokens (2x2 grid + class token); the chunked
+    # one in chunks of 4 over 17 tokens (a padded last chunk, states carried).
+    "vim-recurrent": ("vim_tiny", {"depth": 1, "scan": "recurrent", "img_size": 16}),
+    "vim-chunked": ("vim_tiny", {"depth": 1, "scan": "chunked", "chunk_size": 4}),
 }
 #: The ONNX sweep: every family and every backend (v2's convolution is covered by its
 #: chunkwise case; its backends are the same cell as v1's).
 ONNX_CASES = [k for k in CASES if not k.startswith("vil2-") or k == "vil2-chunkwise"]
-ONE_PER_FAMILY = ["vit", "mixer", "shiftvit", "sequencer2d", "vil-chunkwise", "vil2-chunkwise"]
+ONE_PER_FAMILY = ["vit", "mixer", "shiftvit", "sequencer2d", "vil-chunkwise", "vil2-chunkwise",
+                  "vim-recurrent"]
 
 
 def build(case: str) -> tokenmixers.Backbone:

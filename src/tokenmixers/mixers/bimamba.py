@@ -95,6 +95,8 @@ _BLOCK_ELEMENTS = 1 << 18
 
 def _blocks(u: torch.Tensor, num_state: int) -> list[tuple[int, int]]:
     b, length, d = u.shape
+    if torch.compiler.is_compiling():  # traced (torch.export, ONNX): no guard on the batch
+        return [(0, length)]
     size = max(1, min(length, _BLOCK_ELEMENTS // max(1, b * d * num_state)))
     return [(s, min(s + size, length)) for s in range(0, length, size)]
 
