@@ -16,7 +16,7 @@ import pytest
 from tokenmixers.compare import CompareConfig, _prepare_out, sweep_epochs
 from tokenmixers.data import nested_stratified_subset, training_views
 from tokenmixers.data.arrays import ArrayImageDataset
-from tokenmixers.report import figures, legend_overlaps, write_report
+from tokenmixers.report import busy_reasons, figures, legend_overlaps, write_report
 from tokenmixers.stats import holm, paired_bootstrap, still_improving, summarize
 
 T_975_DF1 = 12.706204736174707  # Student's t, 97.5th percentile, 1 degree of freedom
@@ -131,8 +131,7 @@ def test_report_renders_with_marks_links_and_visible_points(tmp_path: Path) -> N
                    "infer_img_s_max": 1100 / s, "peak_mem_mb": s / 10, "batch_size": 32,
                    "threads": 2, "device": "cpu", "torch": "x"} for s in (28, 56)]
     benches = {k: {"settings": {"repeats": 7}, "rows": bench_rows, "load_before": 0.1,
-                   "load_after": 0.2, "other_cores": 0.9,
-                   "busy": ["other processes used 0.9 CPU cores meanwhile"]}
+                   "load_after": 0.2, "other_cores": 0.9}
                for k in ("vit", "mixer", "vil")}
     result = write_report(records, tmp_path, title="t", benches=benches)
     assert all(not hits for hits in result["legend_overlaps"].values())
@@ -148,7 +147,12 @@ def test_report_renders_with_marks_links_and_visible_points(tmp_path: Path) -> N
     assert {row["MLP-Mixer"][12], row["Vision-LSTM"][12]} == {"best", "n.s."}
     assert any(c.startswith("yes") for c in row["ViT"])  # its curve still climbs
     assert any(c.startswith("no") for c in row["MLP-Mixer"])
-    assert "WARNING: the throughput figures are unreliable" in md and "## Data-size sweep" in md
+    assert "WARNING: the throughput figures are unreliable" in md
+    assert "other processes used 0.9 CPU cores" in md
+    quiet = {"other_cores": 0.02, "rows": [{**bench_rows[0], "infer_img_s_min": 10.0}]}
+    assert "a noisy measurement rather than a busy machine" in busy_reasons(quiet)[0]
+    assert busy_reasons({"other_cores": 0.02, "rows": bench_rows}) == []
+    assert "## Data-size sweep" in md
     assert "[config.yaml](vit/frac0.25/seed1/config.yaml)" in md
     html = (tmp_path / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 5 and 'href="vit/seed0/"' in html

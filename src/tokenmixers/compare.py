@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from tokenmixers._files import atomic_path, plain
 from tokenmixers.mixers.base import MIXERS, get_mixer
 from tokenmixers.precision import AMP_CHOICES, check_amp
-from tokenmixers.report import BUSY_OTHER_CORES, BUSY_SPREAD, PLOT_FILES
+from tokenmixers.report import PLOT_FILES
 from tokenmixers.text import did_you_mean, split_list
 
 if TYPE_CHECKING:
@@ -764,20 +764,8 @@ def _bench_entry(cfg: CompareConfig, entry: Entry, out: Path,
                      threads=cfg.threads or None, model_kwargs=dict(record["model_config"]),
                      repeats=BENCH_REPEATS, warmup=BENCH_WARMUP)
     load_after = os.getloadavg()[0]
-    spreads = {r["img_size"]: r["infer_img_s_max"] / r["infer_img_s_min"] for r in rows
-               if r.get("infer_img_s_min")}
-    busy = []
-    if others.cores is not None and others.cores > BUSY_OTHER_CORES:
-        busy.append(f"other processes used {others.cores:.1f} CPU cores meanwhile")
-    unstable = {size: spread for size, spread in spreads.items() if spread > BUSY_SPREAD}
-    if unstable:
-        busy.append("timed batches varied by " + ", ".join(
-            f"x{v:.2f} at {k} px" for k, v in unstable.items()) + " (max/min rate)"
-            + ("" if busy or others.cores is None else
-               f", while other processes used only {others.cores:.2f} CPU cores: a noisy "
-               "measurement rather than a busy machine; read the median"))
     result = {"settings": settings, "rows": rows, "load_before": load_before,
-              "load_after": load_after, "other_cores": others.cores, "busy": busy}
+              "load_after": load_after, "other_cores": others.cores}
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(result, indent=1, default=str))
     return result

@@ -29,7 +29,7 @@ from tokenmixers.stats import (
 )
 from tokenmixers.text import format_table
 
-__all__ = ["PLOTS", "PLOT_FILES", "Group", "figures", "groups", "legend_overlaps",
+__all__ = ["PLOTS", "PLOT_FILES", "Group", "busy_reasons", "figures", "groups", "legend_overlaps",
            "pairwise", "summary_rows", "write_report"]
 
 PLOTS = {
@@ -204,6 +204,26 @@ def _rate(row: dict[str, Any]) -> str:
         return "-"
     return (f"{row['infer_img_s']:.0f} ({row['infer_img_s_min']:.0f}-"
             f"{row['infer_img_s_max']:.0f})")
+
+
+def busy_reasons(bench: dict[str, Any]) -> list[str]:
+    """Why one model's throughput figures are unreliable (empty: they are not), from its
+    benchmark record: other processes' CPU use meanwhile, and the spread of its timed
+    batches at each size (:data:`BUSY_OTHER_CORES`, :data:`BUSY_SPREAD`)."""
+    others = bench.get("other_cores")
+    reasons = []
+    if others is not None and others > BUSY_OTHER_CORES:
+        reasons.append(f"other processes used {others:.1f} CPU cores meanwhile")
+    spreads = {r["img_size"]: r["infer_img_s_max"] / r["infer_img_s_min"]
+               for r in bench.get("rows", []) if r.get("infer_img_s_min")}
+    unstable = {size: v for size, v in spreads.items() if v > BUSY_SPREAD}
+    if unstable:
+        quiet = not reasons and others is not None
+        reasons.append("timed batches varied by " + ", ".join(
+            f"x{v:.2f} at {k} px" for k, v in unstable.items()) + " (max/min rate)" + (
+            f", while other processes used only {others:.2f} CPU cores: a noisy measurement "
+            "rather than a busy machine; read the median" if quiet else ""))
+    return reasons
 
 
 def _si(value: float) -> str:
@@ -538,7 +558,7 @@ def write_report(records: Sequence[dict[str, Any]], out: Path, *, title: str,
         f"train MACs: 3 x forward MACs x training images seen (forward and backward), per "
         f"seed. time/seed: training wall time. infer img/s: median of timed batches "
         f"(slowest-fastest).")))
-    busy = [(key, b["busy"]) for key, b in benches.items() if b.get("busy")]
+    busy = [(key, reasons) for key, b in benches.items() if (reasons := busy_reasons(b))]
     if busy:
         blocks.append(("p", "WARNING: the throughput figures are unreliable (the machine "
                             "was busy, or the timed batches varied by more than "
