@@ -98,22 +98,25 @@ def test_a_new_mixer_is_one_file_and_one_registration(
     # a miniature compare of it beside three registered mixers, from the command line
     out = tmp_path / "cmp"
     assert main(["compare", "--skeleton", "isotropic", "--mixers",
-                 f"identity,pool,attention,{THROWAWAY}", "--epochs", "1", "--limit-train",
-                 "64", "--limit-val", "32", "--eval-sizes", "28", "--bench-sizes", "28",
-                 "--bench-batch-size", "4", "--threads", "1", "--progress", "none",
-                 "--amp", "bf16", "--out", str(out)]) == 0
+                 f"identity,pool,attention,{THROWAWAY}", "--epochs", "1", "--seeds", "1",
+                 "--limit-train", "64", "--limit-val", "32", "--batch-size", "16",
+                 "--eval-sizes", "28", "--bench-sizes", "28", "--bench-batch-size", "4",
+                 "--threads", "1", "--progress", "none", "--amp", "bf16",
+                 "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     md = (out / "report.md").read_text()
     for name in ("identity", "pool", "attention", THROWAWAY):
-        record = json.loads((out / name / "compare.json").read_text())
+        record = json.loads((out / name / "seed0" / "compare.json").read_text())
         assert record["mixer"] == name and record["model"] == "isotropic"
         assert record["model_config"]["mixer"] == name
-        assert record["final_top1"] is not None and record["bench"][0]["infer_img_s"] > 0
-        assert record["bench"][0]["amp"] == "bf16"  # benchmarked as it was trained
+        assert record["eval"][0]["top1"] is not None
+        bench = json.loads((out / name / "bench.json").read_text())["rows"]
+        assert bench[0]["infer_img_s"] > 0
+        assert bench[0]["amp"] == "bf16"  # benchmarked as it was trained
         label = MIXERS[name].label
-        assert f"| {label} | isotropic |" in md and label in printed
+        assert f"| {label} | [isotropic]({name}/) |" in md and label in printed
     # only the mixer differs: identical parameter counts outside the mixers
-    params = {n: json.loads((out / n / "compare.json").read_text())["params"]
+    params = {n: json.loads((out / n / "seed0" / "compare.json").read_text())["params"]
               for n in ("identity", "pool", "attention")}
     assert params["identity"] == params["pool"] < params["attention"]
 
