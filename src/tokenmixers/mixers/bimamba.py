@@ -68,14 +68,24 @@ def selective_scan_reference(
 ) -> torch.Tensor:
     """``h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t u_t) ⊗ B_t``, ``y_t = h_t C_t + D ⊙ u_t``, one
     step at a time (the equations as written)."""
-    decay = torch.exp(delta.unsqueeze(-1) * A)  # [B, L, D, N]
+    decay = torch.exp(delta.unsqueeze(-1) * _steps_A(A))  # [B, L, D, N]
     drive = (delta * u).unsqueeze(-1) * B.unsqueeze(2)  # [B, L, D, N]
-    h = u.new_zeros(u.shape[0], u.shape[2], A.shape[1])
+    h = u.new_zeros(u.shape[0], u.shape[2], A.shape[-1])
     ys = []
     for t in range(u.shape[1]):
         h = decay[:, t] * h + drive[:, t]
         ys.append(torch.einsum("bdn,bn->bd", h, C[:, t]))
-    return torch.stack(ys, dim=1) + u * D
+    return torch.stack(ys, dim=1) + u * _steps_D(D)
+
+
+def _steps_A(A: torch.Tensor) -> torch.Tensor:
+    """``A``, per row ``[B, D, N]`` or shared ``[D, N]``, to broadcast over ``[B, L, D, N]``."""
+    return A.unsqueeze(1) if A.dim() == 3 else A
+
+
+def _steps_D(D: torch.Tensor) -> torch.Tensor:
+    """``D``, per row ``[B, D]`` or shared ``[D]``, to broadcast over ``[B, L, D]``."""
+    return D.unsqueeze(1) if D.dim() == 2 else D
 
 
 def _decay_and_drive(
@@ -107,10 +117,11 @@ def _block_states(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Steps ``s:e`` from state ``start`` (None: zero): (decay, states), time-major."""
     decay, h = _decay_and_drive(u[:, s:e], delta[:, s:e], A, B[:, s:e])
+    hs, ds = h.unbind(0), decay.unbind(0)  # the steps' views, made once
     if start is not None:
-        h[0].addcmul_(decay[0], start)
-    for t in range(1, h.shape[0]):  # one fused multiply-add a step on a [B, D, N] slab
-        h[t].addcmul_(decay[t], h[t - 1])
+        hs[0].addcmul_(ds[0], start)
+    for t in range(1, len(hs)):  # one fused multiply-add a step on a [B, D, N] slab
+        hs[t].addcmul_(ds[t], hs[t - 1])
     return decay, h
 
 
@@ -127,13 +138,13 @@ def _recurrent_forward(
     """The scan block by block; ``starts`` (if given) collects each block's start state."""
     y = torch.empty_like(u)
     state = None
-    for s, e in _blocks(u, A.shape[1]):
+    for s, e in _blocks(u, A.shape[-1]):
         if starts is not None:
             starts.append(state)
         _, h = _block_states(u, delta, A, B, state, s, e)
         y[:, s:e] = _readout(h, C[:, s:e])
         state = h[-1]
-    return y.addcmul_(u, D)
+    return y.addcmul_(u, _steps_D(D))
 
 
 class _RecurrentScan(torch.autograd.Function):
@@ -155,7 +166,7 @@ class _RecurrentScan(torch.autograd.Function):
         g_B, g_C = torch.empty_like(B), torch.empty_like(C)
         g_A = torch.zeros_like(A)
         carry = None  # exp(Δ_e A) ⊙ dL/dh_e from the block after this one
-        for (s, e), start in reversed(list(zip(_blocks(u, A.shape[1]), starts))):
+        for (s, e), start in reversed(list(zip(_blocks(u, A.shape[-1]), starts))):
             decay, h = _block_states(u, delta, A, B, start, s, e)
             gy_t = gy[:, s:e].transpose(0, 1)  # [T, B, D]
             dt, u_t = delta[:, s:e].transpose(0, 1), u[:, s:e].transpose(0, 1)
@@ -165,8 +176,9 @@ class _RecurrentScan(torch.autograd.Function):
             gh = gy_t.unsqueeze(-1) * C_t.unsqueeze(2)
             if carry is not None:
                 gh[-1].add_(carry)
-            for t in range(gh.shape[0] - 2, -1, -1):
-                gh[t].addcmul_(decay[t + 1], gh[t + 1])
+            ghs, ds = gh.unbind(0), decay.unbind(0)
+            for t in range(len(ghs) - 2, -1, -1):
+                ghs[t].addcmul_(ds[t + 1], ghs[t + 1])
             carry = decay[0] * gh[0]
             # through decay_t = exp(Δ_t A): d/d(Δ_t A) = dL/dh_t ⊙ h_{t-1} ⊙ decay_t
             g_dA = h.roll(1, 0)
@@ -176,13 +188,14 @@ class _RecurrentScan(torch.autograd.Function):
                 g_dA[0].copy_(start)
             g_dA.mul_(gh).mul_(decay)
             del h, decay
-            g_A.add_(torch.einsum("lbdn,lbd->dn", g_dA, dt))
+            g_A.add_(torch.einsum("lbdn,lbd->dn" if A.dim() == 2 else "lbdn,lbd->bdn", g_dA, dt))
             gh_B = torch.einsum("lbdn,lbn->lbd", gh, B_t)  # through drive = (Δ u) ⊗ B
             g_B[:, s:e] = torch.einsum("lbdn,lbd->lbn", gh, dt * u_t).transpose(0, 1)
-            g_delta[:, s:e] = (torch.einsum("lbdn,dn->lbd", g_dA, A) + gh_B * u_t
+            g_delta[:, s:e] = (torch.einsum("lbdn,dn->lbd" if A.dim() == 2 else "lbdn,bdn->lbd",
+                                            g_dA, A) + gh_B * u_t
                                ).transpose(0, 1)
             g_u[:, s:e] = (gh_B * dt + gy_t * D).transpose(0, 1)
-        g_D = (gy * u).sum(dim=(0, 1))
+        g_D = (gy * u).sum(dim=(0, 1) if D.dim() == 1 else 1)
         return g_u, g_delta, g_A, g_B, g_C, g_D
 
 
@@ -204,8 +217,8 @@ def selective_scan_chunked(
     """Log-depth scans inside chunks of ``chunk_size`` steps, states carried between
     chunks. Linear in the sequence length: ``L·log2(chunk)`` work, ``L / chunk`` steps."""
     b, length, d = u.shape
-    n = A.shape[1]
-    decay = torch.exp(delta.unsqueeze(-1) * A)  # [B, L, D, N]
+    n = A.shape[-1]
+    decay = torch.exp(delta.unsqueeze(-1) * _steps_A(A))  # [B, L, D, N]
     drive = (delta * u).unsqueeze(-1) * B.unsqueeze(2)
     size = max(1, min(chunk_size, length))
     chunks = -(-length // size)
@@ -230,7 +243,7 @@ def selective_scan_chunked(
         h = torch.addcmul(h, a, torch.stack(carried, dim=1).unsqueeze(2))
     h = h.reshape(b, chunks * size, d, n)[:, :length]
     y = torch.matmul(h, C.unsqueeze(-1)).squeeze(-1)
-    return y + u * D
+    return y + u * _steps_D(D)
 
 
 def selective_scan(
@@ -403,34 +416,25 @@ class BiMambaMixer(TokenMixer):
         return None if order is None else order.to(device)
 
     # -- forward -------------------------------------------------------------------------
-    def _branch(self, x: torch.Tensor, z: torch.Tensor, suffix: str, scan: str
-                ) -> torch.Tensor:
-        """One direction on ``x``, ``z`` ``[B, L, E]`` in scan order: the gated output."""
+    def _inputs(self, x: torch.Tensor, suffix: str) -> tuple[torch.Tensor, ...]:
+        """One direction's scan inputs from ``x`` ``[B, L, E]`` in its scan order: v, Δ, A,
+        B, C and D, in the scan's precision (float32; float64 for a float64 model, as the
+        authors' kernels run it)."""
         conv = getattr(self, "conv1d" + suffix)
         x_proj = getattr(self, "x_proj" + suffix)
         dt_proj = getattr(self, "dt_proj" + suffix)
         a_log = self.A_log if not suffix else self.A_b_log
         skip = self.D if not suffix else self.D_b
-        length = x.shape[1]
         v = F.silu(conv(F.pad(x.transpose(1, 2), (self.d_conv - 1, 0)))).transpose(1, 2)
         dt, b_in, c_in = x_proj(v).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        # The scan in float32 (float64 for a float64 model), as the authors' kernels run it.
         ct = torch.float64 if v.dtype == torch.float64 else torch.float32
         delta = F.softplus(F.linear(dt, dt_proj.weight).to(ct) + dt_proj.bias.to(ct))
-        a = -torch.exp(a_log.to(ct))
-        y = selective_scan(
-            v.to(ct), delta, a, b_in.to(ct), c_in.to(ct), skip.to(ct),
-            scan=scan, chunk_size=self.chunk_size,
-        ) if length else v.to(ct)
-        return y * F.silu(z.to(ct))
+        return v.to(ct), delta, -torch.exp(a_log.to(ct)), b_in.to(ct), c_in.to(ct), skip.to(ct)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """``[B, N, E] -> [B, N, E]``, N = prefix tokens + ``grid[0]·grid[1]``."""
         if is_fx_proxy(x):
             return _fx_leaf(self, x, grid)
-        return self._forward(x, grid, self.scan)
-
-    def _forward(self, x: torch.Tensor, grid: tuple[int, int], scan: str) -> torch.Tensor:
         n = x.shape[1]
         prefix = n - grid[0] * grid[1]
         if prefix < 0:
@@ -438,14 +442,32 @@ class BiMambaMixer(TokenMixer):
         order = self._order(grid, prefix, x.device)
         seq = x if order is None else x.index_select(1, order)
         xs, z = self.in_proj(seq).chunk(2, dim=-1)
-        y = self._branch(xs, z, "", scan)
+        forward = self._inputs(xs, "")
         if self.bidirectional:
-            y_b = self._branch(xs.flip(1), z.flip(1), "_b", scan).flip(1)
-            y = (y + y_b) * 0.5 if self.divide_out else y + y_b
+            # Both directions in one scan: the backward one's rows (its inputs flipped in
+            # time) after the forward one's, each row with its own A and D.
+            backward = self._inputs(xs.flip(1), "_b")
+            b = x.shape[0]
+            u, delta, _, b_in, c_in, _ = (torch.cat(p, 0) for p in zip(forward, backward))
+            a = torch.cat([forward[2].expand(b, -1, -1), backward[2].expand(b, -1, -1)])
+            d = torch.cat([forward[5].expand(b, -1), backward[5].expand(b, -1)])
+            y = self._scan(u, delta, a, b_in, c_in, d)
+            y_f, y_b = y[:b], y[b:]
+            z = z.to(y.dtype)
+            y_f, y_b = y_f * F.silu(z), y_b.flip(1) * F.silu(z)
+            y = (y_f + y_b) * 0.5 if self.divide_out else y_f + y_b
+        else:
+            y = self._scan(*forward) * F.silu(z.to(forward[0].dtype))
         out = self.out_proj(y.to(self.out_proj.weight.dtype))
         if order is None:
             return out
         return torch.empty_like(out).index_copy_(1, order, out)
+
+    def _scan(self, u: torch.Tensor, delta: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+              c: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        if u.shape[1] == 0:
+            return u
+        return selective_scan(u, delta, a, b, c, d, scan=self.scan, chunk_size=self.chunk_size)
 
     # -- facts ---------------------------------------------------------------------------
     def macs(self, grid: tuple[int, int], num_prefix_tokens: int = 0) -> int:
