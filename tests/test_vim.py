@@ -306,3 +306,15 @@ def test_trains_from_the_cli(tmp_path: Path) -> None:
     assert all(math.isfinite(r["train_loss"]) for r in records)
     assert records[-1]["val_loss"] < records[0]["train_loss"]
     assert records[-1]["top1"] > 20.0  # above chance (10%) after 2 short epochs (~37% seen)
+
+
+def test_joins_compare_through_the_registry(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    assert main(["compare", "--skeleton", "isotropic", "--mixers", "bimamba,identity",
+                 "--epochs", "1", "--seeds", "1", "--limit-train", "64", "--limit-val", "32",
+                 "--batch-size", "16", "--eval-sizes", "28", "--bench-sizes", "28",
+                 "--bench-batch-size", "4", "--threads", "1", "--progress", "none",
+                 "--out", str(out)]) == 0
+    record = json.loads((out / "bimamba" / "seed0" / "compare.json").read_text())
+    assert record["mixer"] == "bimamba" and record["eval"][0]["top1"] is not None
+    assert "bidirectional Mamba (Vision Mamba)" in (out / "report.md").read_text()
