@@ -10,6 +10,7 @@ import errno
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -297,7 +298,9 @@ def test_a_dead_worker_ends_with_the_way_to_resume(tmp_path: Path) -> None:
     assert proc.returncode != 0
     hint = f"continue with: tokenmixers train --resume {run} --nproc 2"
     assert err.rstrip().endswith(hint), err[-2000:]
-    assert "another process of it stopped" in err  # the survivor's own message
+    # The survivor's own message, unless torchrun's SIGTERM (exit 143) reached it before
+    # gloo reported the dead peer: a race the launcher decides (about 1 run in 6 here).
+    assert "another process of it stopped" in err or re.search(r"exitcode\s*:\s*143", err)
     assert load_state(run / "last")["epoch"] == 1
     assert not (run / ".lock").exists()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
