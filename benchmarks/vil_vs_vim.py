@@ -31,7 +31,8 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from vil_scaling import cpu_name  # this directory is the script's sys.path[0]
 
 MODELS = {"ViL-T+": "vil_tiny_plus", "Vim-T": "vim_tiny"}
 
@@ -126,16 +127,6 @@ def _run(args: argparse.Namespace, job: str) -> dict:
            "--budget", str(args.budget), "--device", args.device]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def _spread(ts: list[float]) -> float:

@@ -28,7 +28,7 @@ from tokenmixers.backbones import IsotropicBackbone
 from tokenmixers.families import Family, StateDict, register_family
 from tokenmixers.init import InitScheme, init_linear, lecun_layer, trunc_normal_002
 from tokenmixers.layers import POOLINGS, register_pooling
-from tokenmixers.mixers.bimamba import DEFAULT_SCAN_CHUNK, SCANS
+from tokenmixers.mixers.bimamba import DEFAULT_SCAN_CHUNK
 
 
 def _last_token(x: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
@@ -107,8 +107,6 @@ def build_vim(
         raise ValueError(
             f"final_pool_type must be one of {sorted(FINAL_POOLS)}, got {final_pool_type!r}"
         )
-    if scan not in SCANS:
-        raise ValueError(f"scan must be one of {SCANS}, got {scan!r}")
     allowed = {"d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init_floor",
                "dt_scale", "conv_bias", "bias"}
     unknown = sorted(set(ssm_cfg or {}) - allowed)
