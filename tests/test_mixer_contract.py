@@ -290,6 +290,35 @@ def test_shape_prefix_tokens_and_resolution(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", BUILT_IN)
+def test_hierarchical_fx_graph_runs_at_any_size(name: str) -> None:
+    """torchvision's FX feature extraction traces the hierarchical skeleton once, with the
+    grid as graph values: the graph then runs at every size the eager model takes (equal to
+    it), and refuses the others with the eager model's own message."""
+    from torchvision.models.feature_extraction import (
+        create_feature_extractor,
+        get_graph_node_names,
+    )
+
+    model = tokenmixers.create_model("hierarchical", mixer=name, **HIER).eval()
+    nodes = get_graph_node_names(model)[1]
+    stage0 = [n for n in nodes if n.startswith("stages.0")][-1]
+    graph = create_feature_extractor(model, {stage0: "stage0", nodes[-1]: "logits"})
+    fixed = MIXERS[name].resolution == "fixed"
+    with torch.no_grad():
+        for size in (32, 48, 64):
+            x = torch.randn(2, 3, size, size)
+            if fixed and size != 32:
+                with pytest.raises(ValueError, match="was built for a 8x8 grid"):
+                    graph(x)
+                continue
+            out = graph(x)
+            assert torch.allclose(out["logits"], model(x), atol=1e-5)
+            assert out["stage0"].shape[1] == (size // 4) ** 2  # the first stage's tokens
+        with pytest.raises(ValueError, match="multiples of 8, got 36x36"):
+            graph(torch.randn(1, 3, 36, 36))
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
 def test_facts_are_declared(name: str) -> None:
     cls = MIXERS[name]
     assert cls.name == name and cls.label and cls.macs_formula

@@ -24,15 +24,34 @@ from tokenmixers.blocks import Block
 from tokenmixers.layers import (
     POOLINGS,
     PatchEmbed,
-    fx_traced_size,
     is_fx_proxy,
     linear_ramp,
     to_2tuple,
 )
 from tokenmixers.mixers.base import create_mixer, get_mixer
 
-# One call node where torch.fx traces (fx.wrap patches the calling module's names).
-torch.fx.wrap("fx_traced_size")
+
+def checked_size(x: torch.Tensor, total: int, name: str) -> torch.Tensor:
+    """``x`` ``[B, C, H, W]`` unchanged if ``H`` and ``W`` are positive multiples of the
+    backbone's total stride ``total``, else a ``ValueError`` naming the nearest sizes that
+    work. One call node where torch.fx traces: the check runs when the graph runs, at any
+    size."""
+    hw = (x.shape[-2], x.shape[-1])
+    bad = [(axis, s) for axis, s in zip(("height", "width"), hw) if s < total or s % total]
+    if bad:
+        fixes = "; ".join(
+            f"{axis} {s} -> {s // total * total} or {(s // total + 1) * total}"
+            if s >= total else f"{axis} {s} -> at least {total}"
+            for axis, s in bad
+        )
+        raise ValueError(
+            f"{name} downsamples by {total} in all: input height and width must be "
+            f"multiples of {total}, got {hw[0]}x{hw[1]} (nearest sizes that work: {fixes})"
+        )
+    return x
+
+
+torch.fx.wrap("checked_size")
 
 
 def _per_stage(value: Any, num_stages: int, name: str) -> list[Any]:
@@ -187,26 +206,10 @@ class HierarchicalBackbone(Backbone):
             fc_norm_layer=None, drop_rate=drop_rate,
         )
 
-    def _check_input_size(self, hw: Sequence[int]) -> None:
-        total = self.strides[-1]
-        bad = [(axis, s) for axis, s in zip(("height", "width"), hw) if s < total or s % total]
-        if bad:
-            name = self.model_name or type(self).__name__
-            fixes = "; ".join(
-                f"{axis} {s} -> {s // total * total} or {(s // total + 1) * total}"
-                if s >= total else f"{axis} {s} -> at least {total}"
-                for axis, s in bad
-            )
-            raise ValueError(
-                f"{name} downsamples by {total} in all: input height and width must be "
-                f"multiples of {total}, got {hw[0]}x{hw[1]} (nearest sizes that work: {fixes})"
-            )
-
     def _stage_forward(self, stage: Stage, x: torch.Tensor) -> torch.Tensor:
         x = stage.downsample(x)
-        if is_fx_proxy(x):  # traced by torch.fx: at img_size, the grid a Python value
-            i = next(i for i, s in enumerate(self.stages) if s is stage)
-            (h, w), b, c = self._fx_grid(i), x.shape[0], self.embed_dims[i]
+        if is_fx_proxy(x):  # traced by torch.fx: the sizes are graph nodes, read at run time
+            b, h, w, c = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
         else:
             b, h, w, c = x.shape
         t = x.reshape(b, h * w, c)
@@ -214,15 +217,8 @@ class HierarchicalBackbone(Backbone):
         return t.reshape(b, h, w, c)
 
     # -- the parts the base class runs -------------------------------------------------
-    def _fx_grid(self, index: int) -> tuple[int, int]:
-        """Stage ``index``'s grid for an ``img_size`` image (where torch.fx traces)."""
-        return (self.img_size[0] // self.strides[index], self.img_size[1] // self.strides[index])
-
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        if is_fx_proxy(x):
-            x = fx_traced_size(x, self.img_size, self.model_name or type(self).__name__)
-        else:
-            self._check_input_size((x.shape[-2], x.shape[-1]))
+        x = checked_size(x, self.strides[-1], self.model_name or type(self).__name__)
         return self.stem_drop(self.patch_embed(x))
 
     def _feature_units(self) -> nn.ModuleList:

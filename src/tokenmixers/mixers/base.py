@@ -193,6 +193,23 @@ def mix_on_grid(
     return torch.cat([x[:, :prefix], out], dim=1) if prefix else out
 
 
+def fx_leaf_call(mixer: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``mixer(x, grid)`` as one node where torch.fx traces, for a mixer whose forward needs
+    Python sizes (loops over the sequence, a grid compared or resampled): the node calls the
+    mixer when the graph runs, with the real sizes. A module that calls it wraps it too:
+    ``torch.fx.wrap("fx_leaf_call")``."""
+    return mixer(x, grid)
+
+
+torch.fx.wrap("fx_leaf_call")
+
+
+def is_symbolic_grid(grid: tuple[Any, Any]) -> bool:
+    """Whether ``grid`` holds torch.fx graph values (a backbone traced at any size) rather
+    than Python ints."""
+    return any(is_fx_proxy(g) for g in grid)
+
+
 def fixed_grid_error(mixer: TokenMixer, got: str) -> ValueError:
     """The error of a ``resolution="fixed"`` mixer asked for another grid."""
     h, w = mixer.fixed_grid or (0, 0)

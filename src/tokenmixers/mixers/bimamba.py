@@ -43,7 +43,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from tokenmixers.layers import is_fx_proxy
-from tokenmixers.mixers.base import TokenMixer, Topology, register_mixer
+from tokenmixers.mixers.base import TokenMixer, Topology, fx_leaf_call, register_mixer
+
+# One call node where torch.fx traces (fx.wrap patches the calling module's names).
+torch.fx.wrap("fx_leaf_call")
 
 __all__ = [
     "SCANS",
@@ -434,7 +437,7 @@ class BiMambaMixer(TokenMixer):
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """``[B, N, E] -> [B, N, E]``, N = prefix tokens + ``grid[0]·grid[1]``."""
         if is_fx_proxy(x):
-            return _fx_leaf(self, x, grid)
+            return fx_leaf_call(self, x, grid)  # its scans are Python loops
         n = x.shape[1]
         prefix = n - grid[0] * grid[1]
         if prefix < 0:
@@ -484,13 +487,6 @@ class BiMambaMixer(TokenMixer):
                 f"cls_position={self.cls_position!r}, scan={self.scan!r}")
 
 
-def _fx_leaf(layer: BiMambaMixer, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """The layer as one node where torch.fx traces (its scans are Python loops over the
-    sequence): the node calls the layer when the graph runs."""
-    return layer(x, grid)
-
-
-torch.fx.wrap("_fx_leaf")
 
 
 def set_scan(model: nn.Module, scan: str, *, chunk_size: int | None = None) -> int:

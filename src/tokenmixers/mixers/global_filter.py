@@ -25,7 +25,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenmixers.mixers.base import TokenMixer, mix_on_grid, register_mixer
+from tokenmixers.mixers.base import (
+    TokenMixer,
+    fx_leaf_call,
+    is_symbolic_grid,
+    mix_on_grid,
+    register_mixer,
+)
+
+# One call node where torch.fx traces (fx.wrap patches the calling module's names).
+torch.fx.wrap("fx_leaf_call")
 
 
 @register_mixer("global_filter")
@@ -76,6 +85,8 @@ class GlobalFilterMixer(TokenMixer):
         return y.to(x.dtype)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        if is_symbolic_grid(grid):  # torch.fx at any size: the filter depends on the grid
+            return fx_leaf_call(self, x, grid)
         return mix_on_grid(x, grid, self.filter_grid)
 
     def macs(self, grid: tuple[int, int], num_prefix_tokens: int = 0) -> int:

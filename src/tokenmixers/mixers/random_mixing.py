@@ -16,7 +16,17 @@ from __future__ import annotations
 
 import torch
 
-from tokenmixers.mixers.base import TokenMixer, fixed_grid_error, mix_on_grid, register_mixer
+from tokenmixers.mixers.base import (
+    TokenMixer,
+    fixed_grid_error,
+    fx_leaf_call,
+    is_symbolic_grid,
+    mix_on_grid,
+    register_mixer,
+)
+
+# One call node where torch.fx traces (fx.wrap patches the calling module's names).
+torch.fx.wrap("fx_leaf_call")
 
 
 @register_mixer("random")
@@ -48,6 +58,8 @@ class RandomMixer(TokenMixer):
             self.mixing_matrix.copy_(u.softmax(dim=-1))
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        if is_symbolic_grid(grid):  # torch.fx at any size: the grid is checked at run time
+            return fx_leaf_call(self, x, grid)
         if tuple(grid) != self.fixed_grid:
             raise fixed_grid_error(self, f"a {grid[0]}x{grid[1]} grid")
         m = self.mixing_matrix.to(x.dtype)  # a no-op unless the tokens are in another precision

@@ -10,7 +10,16 @@ import torch
 
 from tokenmixers.init import xavier_tiny_bias_layer
 from tokenmixers.layers import Mlp, is_fx_proxy
-from tokenmixers.mixers.base import TokenMixer, fixed_grid_error, register_mixer
+from tokenmixers.mixers.base import (
+    TokenMixer,
+    fixed_grid_error,
+    fx_leaf_call,
+    is_symbolic_grid,
+    register_mixer,
+)
+
+# One call node where torch.fx traces (fx.wrap patches the calling module's names).
+torch.fx.wrap("fx_leaf_call")
 
 
 @register_mixer("token_mlp")
@@ -49,7 +58,9 @@ class TokenMLPMixer(TokenMixer):
             xavier_tiny_bias_layer(lin)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
-        if is_fx_proxy(x):  # traced by torch.fx: sizes unknown, the backbone checks them
+        if grid is not None and is_symbolic_grid(grid):  # torch.fx at any size: the grid is
+            return fx_leaf_call(self, x, grid)  # checked when the graph runs
+        if is_fx_proxy(x):  # traced by torch.fx at img_size: the backbone checks the size
             return self.mlp(x.transpose(1, 2)).transpose(1, 2)
         if (grid is not None and tuple(grid) != self.fixed_grid) or x.shape[1] != self.num_tokens:
             got = f"a {grid[0]}x{grid[1]} grid" if grid is not None else f"{x.shape[1]} tokens"

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tokenmixers.layers import UnitOffsetLayerNorm, is_fx_proxy
-from tokenmixers.mixers.base import TokenMixer, Topology, register_mixer
+from tokenmixers.mixers.base import TokenMixer, Topology, fx_leaf_call, register_mixer
 from tokenmixers.mixers.mlstm.cell import (
     DEFAULT_CHUNK_SIZE,
     TRAVERSALS,
@@ -28,6 +28,9 @@ from tokenmixers.mixers.mlstm.cell import (
     chunk_length,
     mlstm,
 )
+
+# One call node where torch.fx traces (fx.wrap patches the calling module's names).
+torch.fx.wrap("fx_leaf_call")
 
 __all__ = [
     "BlockDiagonalLinear",
@@ -322,7 +325,7 @@ class MLSTMMixer(TokenMixer):
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """``[B, N, D] -> [B, N, D]``, N = prefix tokens + ``grid[0]·grid[1]``."""
         if is_fx_proxy(x):
-            return _fx_leaf(self, x, grid)
+            return fx_leaf_call(self, x, grid)  # scan orders, chunks: Python loops
         n = x.shape[1]
         prefix = n - grid[0] * grid[1]
         if prefix < 0:
@@ -414,13 +417,6 @@ class MLSTMMixer(TokenMixer):
             f"heads={self.num_heads}, conv={self.conv_kind}, traversals={self.traversals}, "
             f"backend={self.backend!r}"
         )
-
-
-@torch.fx.wrap
-def _fx_leaf(layer: MLSTMMixer, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """The layer as one node where torch.fx traces (its scan orders and chunks are Python
-    loops over the grid): the node calls the layer when the graph runs."""
-    return layer(x, grid)
 
 
 def set_mlstm_backend(model: nn.Module, backend: str, *, chunk_size: int | None = None) -> int:
