@@ -405,3 +405,27 @@ def test_hierarchical_global_pool_empty_keeps_the_map() -> None:
     model = tiny(name)
     model.reset_classifier(0, "")
     assert model(x).shape == out.shape
+
+
+@pytest.mark.parametrize("name", ONE_PER_FAMILY)
+def test_feature_and_pre_logits_widths(name: str) -> None:
+    """timm's two widths: ``num_features`` is the width of ``forward_features``' output,
+    ``head_hidden_size`` that of the pooled pre-logits; the classifier-less model
+    (``reset_classifier(0)`` or ``num_classes=0``) answers with the pre-logits. They differ
+    only where the pooling concatenates (ViL v2: first and last token, twice the width),
+    which timm's non-standard config test cannot express (it asserts one pooled output
+    equals both); tools/run_timm_suite.py says so where it leaves ViL v2 out of that test."""
+    model = tiny(name)
+    x = images(model, 1)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        pre = model.forward_head(features, pre_logits=True)
+        assert features.shape[-1] == model.num_features
+        assert pre.shape == (1, model.head_hidden_size)
+        model.reset_classifier(0)
+        assert model(x).shape == pre.shape
+        headless = tokenmixers.create_model(name, **{**tiny_args(name), "num_classes": 0})
+        assert headless.eval()(x).shape == pre.shape
+    concatenated = model.global_pool == "bilateral_concat"
+    assert concatenated == (name.startswith("vil2"))
+    assert model.head_hidden_size == model.num_features * (2 if concatenated else 1)
