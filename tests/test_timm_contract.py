@@ -366,6 +366,13 @@ def test_published_weights_load_through_timms_hub_loader(monkeypatch: pytest.Mon
         with torch.inference_mode():
             torch.testing.assert_close(model.eval()(x), theirs(x), rtol=1e-5, atol=1e-5)
     assert fetched == ["timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"] * 2
+    # timm's test_model_load_pretrained (which needs the network): grey input and another
+    # class count load the same weights, the stem's RGB filters summed, the head left out.
+    for extra in (dict(in_chans=1, num_classes=5), dict(in_chans=1, num_classes=0)):
+        grey = timm.create_model("tm_vit_tiny_patch16_224", pretrained=True, **args, **extra)
+        assert grey(torch.randn(1, 1, 32, 32)).shape == (1, extra["num_classes"] or 32)
+        torch.testing.assert_close(grey.patch_embed.proj.weight,
+                                   theirs.patch_embed.proj.weight.sum(1, keepdim=True))
 
 
 # ---- the head contract timm's model tests check --------------------------------------------
