@@ -69,6 +69,13 @@ class AttentionMixer(TokenMixer):
         x = x.transpose(1, 2).reshape(b, n, c)
         return self.proj_drop(self.proj(x))
 
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """softmax(QKᵀ/√d) of the tokens ``x`` ``[B, N, C]`` (this layer's input): ``[B,
+        heads, N queries, N keys]``, each row summing to 1 (what ``tokenmixers inspect``
+        measures; the forward pass itself never forms it)."""
+        q, k, _ = self._heads(x)
+        return (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(dim=-1)
+
     def attend_reference(self, x: torch.Tensor) -> torch.Tensor:
         """softmax(QKᵀ/√d) V with plain products (no dropout): the paper's equation, for tests
         and for counting the MACs an operator counter can see."""
