@@ -194,3 +194,24 @@ def test_transforms_give_model_ready_tensors() -> None:
     assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and isinstance(y, int)
     x, _ = Transformed(bundle.val, eval_transform(36, 1, bundle.mean, bundle.std))[0]
     assert x.shape == (1, 36, 36) and -1.01 <= x.min() and x.max() <= 1.01
+
+
+def test_randaugment_posterize_at_full_magnitude_does_not_crash() -> None:
+    """timm's increasing posterize keeps 0 bits at magnitude 10, which Pillow 13 refuses;
+    DeiT's rand-m9-mstd0.5-inc1 samples magnitude 10 now and then. Our transform maps 0
+    bits to a black image (Pillow's old answer) and runs."""
+    from PIL import Image
+
+    from tokenmixers.data.transforms import AugmentConfig, posterize, train_transform
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8))
+    assert np.asarray(posterize(img, 0)).max() == 0
+    assert posterize(img, 8) is img
+    assert np.array_equal(np.asarray(posterize(img, 4)), np.asarray(img) & 0xF0)
+    grey = img.convert("L")
+    assert np.asarray(posterize(grey, 0)).max() == 0
+    for policy in ("rand-m10-n4-inc1", "rand-m9-mstd0.5-inc1", "augmix-m10-w2-d2"):
+        transform = train_transform(32, 3, (0.5,) * 3, (0.5,) * 3,
+                                    AugmentConfig(auto_augment=policy))
+        for _ in range(100):
+            assert transform(img).shape == (3, 32, 32)
