@@ -38,13 +38,14 @@ import torch
 from safetensors.torch import load_file
 
 from tokenmixers.train.checkpoint import WEIGHTS, load_state
+from tokenmixers.train.progress import CLOCK_FIELDS
 
 # A tiny run (0.01M parameters): 32 steps per epoch, 6 epochs, about half a second each.
 RUN = ["--model", "mixer_s16_224", "--model-kwargs", "patch_size=4", "embed_dim=32",
        "num_blocks=1", "--data", "mnist5k", "--limit-train", "1024", "--limit-val", "64",
        "--batch-size", "32", "--epochs", "6", "--lr", "5e-3", "--warmup-epochs", "0",
        "--smoothing", "0", "--threads", "1", "--progress", "plain", "--log-interval", "8"]
-STRIP = ("elapsed", "epoch_time", "img_per_sec")  # wall-clock fields differ between runs
+STRIP = CLOCK_FIELDS  # wall-clock fields differ between runs
 
 
 def tokenmixers(args: list[str]) -> list[str]:

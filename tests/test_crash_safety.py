@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 from tokenmixers.cli import main
 from tokenmixers.train.checkpoint import STATE, WEIGHTS, load_state
+from tokenmixers.train.progress import CLOCK_FIELDS
 
 TINY = ["--model", "mixer_s16_224", "--model-kwargs", "patch_size=4", "embed_dim=32",
         "num_blocks=1"]
@@ -72,7 +73,7 @@ def same_checkpoint(a: Path, b: Path) -> None:
     sa, sb = load_state(a), load_state(b)
     for key in ("epoch", "global_step", "best_epoch", "best_top1"):
         assert sa[key] == sb[key], key
-    strip = ("elapsed", "epoch_time", "img_per_sec")
+    strip = CLOCK_FIELDS
     assert [{k: v for k, v in r.items() if k not in strip} for r in sa["history"]] == \
         [{k: v for k, v in r.items() if k not in strip} for r in sb["history"]]
 

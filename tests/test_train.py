@@ -22,7 +22,7 @@ from tokenmixers.train.checkpoint import (
     save_checkpoint,
 )
 from tokenmixers.train.config import build_config, parse_literal, parse_model_kwargs
-from tokenmixers.train.progress import Progress
+from tokenmixers.train.progress import CLOCK_FIELDS, Progress
 
 TINY = ["--model", "mixer_s16_224", "--model-kwargs", "patch_size=4", "embed_dim=32",
         "num_blocks=1"]
@@ -121,7 +121,7 @@ def test_ctrl_c_mid_epoch_saves_and_resume_is_exact(
     assert load_state(run / "last")["global_step"] == 12
     assert max_diff(weights(run), weights(uninterrupted)) <= 1e-6
     # The resumed epoch's record covers the whole epoch, as the uninterrupted one's does.
-    clock = ("elapsed", "epoch_time", "img_per_sec")
+    clock = CLOCK_FIELDS
     assert [{k: v for k, v in r.items() if k not in clock} for r in metrics(run)] == \
         [{k: v for k, v in r.items() if k not in clock} for r in metrics(uninterrupted)]
 

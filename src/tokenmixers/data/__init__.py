@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,6 +15,11 @@ from tokenmixers.text import did_you_mean
 
 #: ``--data`` names -> (kind, native image size). ``imagefolder:PATH`` is the open-ended one.
 BUILTIN = {"mnist5k": 28, "digits": 8, "cifar10": 32, "cifar100": 32}
+#: Generated Pathfinder images (data/pathfinder.py): ``pathfinderSIZE[:LEVEL][:n=N][:test=N]``.
+BUILTIN.update({f"pathfinder{size}": size for size in (32, 64, 128, 256)})
+#: hf:/wds: images no larger than this (pixels, larger side) train at their own size with
+#: the small-image recipes (``small`` for grey, ``cifar`` for colour); larger ones at 224.
+SMALL_IMAGES = 64
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -24,18 +30,52 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 class DataSpec:
     """A parsed ``--data`` value."""
 
-    name: str  # mnist5k, digits, cifar10, cifar100, imagefolder
-    path: str = ""  # imagefolder's folder, or a CIFAR root given as cifar10:ROOT
+    name: str  # mnist5k, digits, cifar10, cifar100, imagefolder, hf, wds
+    path: str = ""  # imagefolder's folder, hf's name or folder, wds's shards, a CIFAR root
 
     @property
     def kind(self) -> str:
         """Which recipe fits: small (digits-sized), cifar, or imagenet-like."""
+        if self.name in ("hf", "wds"):
+            size, grey = _peek(self)
+            if size is not None and size <= SMALL_IMAGES:
+                return "small" if grey else "cifar"
+            return "imagenet"
+        if self.name.startswith("pathfinder"):
+            return "small"  # grey, no flips, no mixing (Mixup/CutMix would break the paths)
         return {"mnist5k": "small", "digits": "small", "cifar10": "cifar",
                 "cifar100": "cifar"}.get(self.name, "imagenet")
 
     @property
     def native_size(self) -> int:
+        if self.name in ("hf", "wds"):
+            size, _ = _peek(self)
+            return size if size is not None and size <= SMALL_IMAGES else 224
         return BUILTIN.get(self.name, 224)
+
+
+@functools.lru_cache(maxsize=16)
+def _peek(spec: DataSpec) -> tuple[int | None, bool]:
+    """(larger side of the images, whether grey) of an hf:/wds: set, from its index or first
+    image, without loading it; (None, False) when unknown (a Hub name, a missing folder:
+    loading says why)."""
+    try:
+        if spec.name == "wds":
+            from pathlib import Path
+
+            from tokenmixers.data.wds import image_size_of, read_index
+
+            given = Path(spec.path).expanduser()
+            folder = given if given.is_dir() else Path(spec.path).parent
+            if not (folder / "index.json").is_file():
+                return None, False
+            index = read_index(folder)
+            return image_size_of(index), index.get("mode") == "L"
+        from tokenmixers.data.hf import peek_size
+
+        return peek_size(spec.path), False
+    except (OSError, ValueError, ImportError):
+        return None, False
 
 
 def parse_data(value: str) -> DataSpec:
@@ -44,9 +84,24 @@ def parse_data(value: str) -> DataSpec:
         if not path:
             raise ValueError("--data imagefolder:PATH needs a folder, e.g. imagefolder:~/imagenet")
         return DataSpec("imagefolder", path)
+    if name == "hf":
+        if not path:
+            raise ValueError("--data hf:NAME_OR_PATH[:SPLIT] needs a save_to_disk folder or a "
+                             "Hugging Face Hub name, e.g. hf:/data/cifar10_hf or "
+                             "hf:uoft-cs/cifar10")
+        return DataSpec("hf", path)
+    if name == "wds":
+        if not path:
+            raise ValueError("--data wds:PATH needs a folder of shards with index.json, or a "
+                             "brace pattern, e.g. wds:/data/in1k/train-{000000..000127}.tar")
+        return DataSpec("wds", path)
+    if name.startswith("pathfinder"):
+        from tokenmixers.data.pathfinder import parse_spec
+
+        return DataSpec(name, parse_spec(name, path).options)  # raises naming the choices
     if name in BUILTIN:
         return DataSpec(name, path)
-    choices = [*BUILTIN, "imagefolder:PATH"]
+    choices = [*BUILTIN, "imagefolder:PATH", "hf:NAME_OR_PATH[:SPLIT]", "wds:SHARDS"]
     raise ValueError(
         f"unknown dataset {value!r}{did_you_mean(name, choices, cutoff=0.4)}"
         f" (choose from {', '.join(choices)})"
@@ -123,10 +178,18 @@ def training_views(
 def load_data(
     value: str | DataSpec, *, data_dir: str = "data", download: bool = False,
     val_split: float | None = None, seed: int = 0, max_bad_fraction: float = 0.01,
+    columns: str | None = None,
 ) -> DataBundle:
-    """Load the dataset ``value`` names (see :func:`parse_data`)."""
+    """Load the dataset ``value`` names (see :func:`parse_data`). ``columns``: the image and
+    label columns of an ``hf:`` set (``--data-columns IMAGE,LABEL``; default: detected)."""
     spec = parse_data(value) if isinstance(value, str) else value
     grey = ((0.5,), (0.5,))
+    if spec.name.startswith("pathfinder"):
+        from tokenmixers.data.pathfinder import CLASSES, load_pathfinder
+
+        train, val = load_pathfinder(spec.name, spec.path, data_dir)
+        return DataBundle(spec, train, val, list(CLASSES), 1, *grey,
+                          notes=[f"generated, cached under {data_dir}/pathfinder"])
     if spec.name == "mnist5k":
         from tokenmixers.data.arrays import load_mnist5k
 
@@ -142,6 +205,11 @@ def load_data(
 
         train, val, classes = load_cifar(spec.name, spec.path or data_dir, download=download)
         return DataBundle(spec, train, val, classes, 3, CIFAR_MEAN, CIFAR_STD)
+    if columns and spec.name != "hf":
+        raise ValueError(f"--data-columns {columns} applies to --data hf:... only (this is "
+                         f"{spec.name}); leave it out")
+    if spec.name in ("hf", "wds"):
+        return _load_streaming(spec, columns=columns, val_split=val_split, seed=seed)
     from tokenmixers.data.folder import load_imagefolder
 
     train, val, classes, in_chans = load_imagefolder(
@@ -151,6 +219,41 @@ def load_data(
     return DataBundle(spec, train, val, classes, in_chans, mean, std, crop_pct=0.875)
 
 
+def _load_streaming(spec: DataSpec, *, columns: str | None, val_split: float | None,
+                    seed: int) -> DataBundle:
+    """An hf: (map-style, memory-mapped Arrow) or wds: (streamed shards) bundle."""
+    small = spec.native_size <= SMALL_IMAGES
+    if spec.name == "hf":
+        from tokenmixers.data.hf import load_hf
+
+        train, val, classes, in_chans, _ = load_hf(spec.path, columns=columns,
+                                                   val_split=val_split, seed=seed)
+        notes = []
+    else:
+        from tokenmixers.data.wds import WdsSource, load_shards
+
+        if val_split:
+            raise ValueError(f"--val-split {val_split}: a wds: shard set has its own val-*.tar "
+                             "shards; leave --val-split out")
+        train_shards, val_shards, _ = load_shards(spec.path)
+        train, val = WdsSource(train_shards), WdsSource(val_shards)
+        classes, in_chans = list(train_shards.classes), 3 if train_shards.mode == "RGB" else 1
+        notes = ["streamed"]
+    if in_chans == 3:
+        mean, std = (CIFAR_MEAN, CIFAR_STD) if small else (IMAGENET_MEAN, IMAGENET_STD)
+    else:
+        mean, std = (0.5,), (0.5,)
+    return DataBundle(spec, train, val, classes, in_chans, mean, std,
+                      crop_pct=1.0 if small else 0.875, notes=notes)
+
+
+def is_streamed(dataset: object) -> bool:
+    """Whether ``dataset`` is read as a stream (wds:), not by index."""
+    from tokenmixers.data.wds import WdsSource
+
+    return isinstance(dataset, WdsSource)
+
+
 __all__ = [
     "AugmentConfig",
     "DataBundle",
@@ -158,6 +261,7 @@ __all__ = [
     "Transformed",
     "eval_transform",
     "fixed_subset",
+    "is_streamed",
     "labels_of",
     "load_data",
     "nested_stratified_subset",

@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from tokenmixers.data import (
     Transformed,
     eval_transform,
     fixed_subset,
+    is_streamed,
     load_data,
     train_transform,
     training_views,
@@ -256,8 +258,18 @@ class _Trainer:
     def __init__(self, options: dict[str, Any], info: D.DistInfo, *, resume: str | None,
                  overwrite: bool) -> None:
         self.info = info
-        self.cfg, self.run_dir = prepare_config(options, resume=resume,
-                                                world_size=info.world_size)
+        try:
+            self.cfg, self.run_dir = prepare_config(options, resume=resume,
+                                                    world_size=info.world_size)
+        except FileNotFoundError as err:
+            if not info.enabled:
+                raise
+            # Every process of a resumed run reads the run folder (config.yaml, last/).
+            raise FileNotFoundError(
+                f"{err} [process {info.rank} of {info.world_size}, on host "
+                f"{socket.gethostname()}: a resumed run reads its folder on every node, so "
+                "keep run folders on a filesystem all nodes share (or copy it to the same "
+                "path on each node)]") from err
         self.resuming = resume is not None
         self.overwrite = overwrite
         self.lock: RunLock | None = None
@@ -322,7 +334,7 @@ class _Trainer:
         def load(download: bool) -> DataBundle:
             return load_data(cfg.data, data_dir=cfg.data_dir, download=download,
                              val_split=cfg.val_split, seed=cfg.seed,
-                             max_bad_fraction=cfg.max_bad_images)
+                             max_bad_fraction=cfg.max_bad_images, columns=cfg.data_columns)
 
         # With --download the main process fetches first; the others read what it wrote.
         if info.is_main:
@@ -338,6 +350,10 @@ class _Trainer:
         aug = AugmentConfig(scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip,
                             color_jitter=cfg.color_jitter, auto_augment=cfg.auto_augment,
                             reprob=cfg.reprob, no_aug=cfg.no_aug)
+        self.saved_workers: int | None = None
+        if is_streamed(bundle.train):
+            self._setup_streams(aug)
+            return
         # With holdout the validation images come out of the training set and the test
         # split is never read (compare tunes and watches convergence on them).
         train, held_out, _ = training_views(fixed_subset(bundle.train, cfg.limit_train),
@@ -360,11 +376,62 @@ class _Trainer:
         self.sampler = ResumableSampler(self.train_set, num_replicas=info.world_size,
                                         rank=info.rank, seed=cfg.seed)
         self.updates_per_epoch = self.sampler.per_epoch // cfg.batch_size // cfg.accum_steps
+        self.n_train = len(self.train_set)
         if self.updates_per_epoch == 0:
             raise ConfigError(
                 f"{len(self.train_set)} training images are too few for a batch of "
                 f"{cfg.batch_size} x {cfg.accum_steps} accumulation steps x "
                 f"{info.world_size} processes; lower --batch-size")
+
+    def _setup_streams(self, aug: AugmentConfig) -> None:
+        """A wds: shard set: this process's part of every epoch (tokenmixers.data.wds's plan:
+        the same number of whole batches on every process) and its validation part."""
+        import numpy as np
+
+        from tokenmixers.data.wds import WdsEval, WdsPlan, WdsTrain
+
+        cfg, info, bundle = self.cfg, self.info, self.bundle
+        if cfg.holdout or cfg.train_fraction:
+            raise ConfigError(
+                f"{'holdout' if cfg.holdout else 'train_fraction'}: not available for a "
+                f"streamed {cfg.data} (it needs every label up front); write the split as "
+                "its own shards, or use hf: or imagefolder: data")
+        shards = bundle.train.shards
+        subset = None
+        if cfg.limit_train and cfg.limit_train < len(shards):
+            subset = np.sort(np.random.default_rng(0).permutation(len(shards))[
+                :cfg.limit_train])  # the images fixed_subset would take
+        plan = WdsPlan(shards, seed=cfg.seed, batch_size=cfg.batch_size,
+                       batches_per_step=cfg.accum_steps, world_size=info.world_size,
+                       subset=subset)
+        self.train_set = WdsTrain(
+            plan, train_transform(cfg.img_size, bundle.in_chans, bundle.mean, bundle.std, aug),
+            rank=info.rank)
+        self.n_train = plan.total
+        self.updates_per_epoch = plan.steps
+        if self.updates_per_epoch == 0:
+            raise ConfigError(
+                f"{plan.total} training images are too few for a batch of {cfg.batch_size} x "
+                f"{cfg.accum_steps} accumulation steps x {info.world_size} processes; lower "
+                "--batch-size")
+        if plan.left_out:
+            self.warn(f"{cfg.data}: {info.world_size} process(es) x {plan.per_rank} images (the "
+                      f"same whole number of batches each); {plan.left_out} of {plan.total} "
+                      "images are left out of each epoch (other ones each epoch: the shard "
+                      "order is reshuffled)")
+        val_shards = bundle.val.shards
+        n_all = len(val_shards)
+        positions = np.arange(n_all)
+        if cfg.limit_val and cfg.limit_val < n_all:
+            positions = np.sort(np.random.default_rng(0).permutation(n_all)[:cfg.limit_val])
+        self.n_val = len(positions)
+        self.val_loader = DataLoader(
+            WdsEval(val_shards, eval_transform(cfg.img_size, bundle.in_chans, bundle.mean,
+                                               bundle.std, crop_pct=bundle.crop_pct),
+                    rank=info.rank, world_size=info.world_size, positions=positions),
+            batch_size=cfg.batch_size, num_workers=cfg.workers,
+            pin_memory=info.device.type == "cuda")
+        self.sampler = None
 
     def _setup_model(self) -> None:
         """The zoo model for this data, from --initial-checkpoint if given, on the device."""
@@ -480,7 +547,11 @@ class _Trainer:
         state = load_state(folder)
         load_weights(self.model, folder / "model.safetensors", source="tokenmixers")
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        saved_world = int(state.get("world_size", 1))
+        if saved_world == self.info.world_size:
+            # On another world size the saved schedule counts the old updates per epoch
+            # (timm's t_initial, warmup_t); the one just made counts this run's.
+            self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema") is not None:
@@ -491,16 +562,34 @@ class _Trainer:
         self.best_top1 = state.get("best_top1")
         self.best_epoch = int(state.get("best_epoch", 0))
         self.elapsed_before = float(state.get("elapsed", 0.0))
+        if state.get("data_workers") is not None:
+            self.saved_workers = int(state["data_workers"])
         if state.get("history") is not None:
             self.history = [dict(r) for r in state["history"]]
             self.has_history = True
-        saved_world = int(state.get("world_size", 1))
+        saved_step = self.update_in_epoch
         if saved_world != self.info.world_size:
+            # Another world size: --batch-size is per process, so the global batch changes;
+            # the lr stays the run's (config.yaml), and the schedule follows the epochs.
+            # Mid-epoch, the epoch continues after the images already trained on (the
+            # sampler's order does not depend on the world size), rounded down to a step.
             per = self.cfg.batch_size * self.cfg.accum_steps
+            done = self.update_in_epoch * per * saved_world
+            self.update_in_epoch = min(done // (per * self.info.world_size),
+                                       self.updates_per_epoch)
+            repeated = done - self.update_in_epoch * per * self.info.world_size
+            where = (f"; epoch {self.epoch + 1} continues after its first {done} images "
+                     f"(step {saved_step} of {saved_world} processes = step "
+                     f"{self.update_in_epoch} of {self.info.world_size}"
+                     + (f"; {repeated} of them are trained on again" if repeated else "")
+                     + ")" if done else "")
             self.warn(f"warning: the run used {saved_world} process(es) (global batch "
                       f"{per * saved_world}) and resumes on {self.info.world_size} (global batch "
-                      f"{per * self.info.world_size}); pass --nproc {saved_world} to continue it "
-                      "exactly")
+                      f"{per * self.info.world_size}) at the same lr {self.cfg.lr:.3g} (not "
+                      f"rescaled); the lr schedule follows the epochs, with "
+                      f"{self.updates_per_epoch} steps per epoch now{where}. Launch it on "
+                      f"{saved_world} processes in all (--nproc {saved_world}, or torchrun's "
+                      "nodes x processes per node) to continue it exactly")
         threads = state.get("threads")
         if threads and threads != torch.get_num_threads():
             self.warn(f"warning: the run used {threads} torch threads and resumes with "
@@ -516,7 +605,13 @@ class _Trainer:
         sums = state.get("epoch_sums")
         if self.update_in_epoch and sums and len(sums) == self.info.world_size:
             self.epoch_sums = [float(v) for v in sums[self.info.rank]]
-        self.scheduler.step_update(num_updates=self.global_step)
+        elif self.update_in_epoch and sums:
+            # The epoch's sums are summed over the processes at its end: the first process
+            # carries all of the saved ones.
+            self.epoch_sums = ([float(sum(col)) for col in zip(*sums)] if self.info.is_main
+                               else [0.0, 0.0, 0.0])
+        self.scheduler.step_update(
+            num_updates=self.epoch * self.updates_per_epoch + self.update_in_epoch)
         self.log(f"resuming {self.run_dir} from {folder.name}: epoch {self.epoch + 1}, step "
                  f"{self.update_in_epoch}/{self.updates_per_epoch} (global step "
                  f"{self.global_step})")
@@ -546,6 +641,7 @@ class _Trainer:
                 "ema": self.ema.module.state_dict() if self.ema is not None else None,
                 "rng": rngs,
                 "epoch_sums": sums if self.update_in_epoch else None,
+                "data_workers": self.cfg.workers,  # how a streamed epoch was split
                 "history": self.history if self.has_history else None,
             }
             meta = _checkpoint_metadata(self.cfg, self.bundle, self.epoch)
@@ -584,6 +680,19 @@ class _Trainer:
     def _batches(self, epoch: int, skip_updates: int) -> Iterator[tuple[torch.Tensor,
                                                                         torch.Tensor]]:
         cfg = self.cfg
+        if self.sampler is None:  # a stream (wds:): its plan splits it among the workers
+            if skip_updates and self.saved_workers not in (None, cfg.workers):
+                self.log(f"{cfg.data}: the run was saved with --workers {self.saved_workers} "
+                         f"and resumes with {cfg.workers}: the images of this epoch not yet "
+                         "trained on are split among the new workers (each still once, in "
+                         "another order)")
+            self.train_set.set_epoch(epoch, workers=cfg.workers,
+                                     consumed=skip_updates * cfg.accum_steps,
+                                     saved_workers=self.saved_workers)
+            return iter(DataLoader(
+                self.train_set, batch_size=cfg.batch_size, num_workers=cfg.workers,
+                pin_memory=self.info.device.type == "cuda",
+                generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)))
         self.sampler.set_epoch(epoch, skip=skip_updates * cfg.accum_steps * cfg.batch_size)
         loader = DataLoader(
             self.train_set, batch_size=cfg.batch_size, sampler=self.sampler,
@@ -600,7 +709,9 @@ class _Trainer:
         loss_sum = correct = 0.0
         images = 0
         for micro in range(cfg.accum_steps):
+            t_wait = time.perf_counter()
             x, y = next(batches)
+            self.data_wait += time.perf_counter() - t_wait
             x = x.to(info.device, non_blocking=True)
             y = y.to(info.device, non_blocking=True)
             target = y
@@ -640,7 +751,9 @@ class _Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
-        self.scheduler.step_update(num_updates=self.global_step)
+        # The schedule's position in this world size's steps (= global_step unless a resume
+        # changed the world size; global_step counts the updates actually made).
+        self.scheduler.step_update(num_updates=epoch * self.updates_per_epoch + update + 1)
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
         return loss_sum, correct, images
@@ -685,7 +798,7 @@ class _Trainer:
             params = sum(p.numel() for p in self.model.parameters())
             self.log(
                 f"{cfg.model}: {params / 1e6:.3f}M parameters | {cfg.data}: "
-                f"{len(self.train_set)} train / {self.n_val} val images, "
+                f"{self.n_train} train / {self.n_val} val images, "
                 f"{self.bundle.in_chans} channel(s), {self.bundle.num_classes} classes, "
                 f"{cfg.img_size}px | {cfg.epochs} epochs x {self.updates_per_epoch} steps, "
                 f"global batch {cfg.batch_size * cfg.accum_steps * info.world_size}, "
@@ -744,6 +857,10 @@ class _Trainer:
         loss_sum, correct, images = self.epoch_sums
         images_before = images
         t0 = time.perf_counter()
+        # Time blocked in next(batches) (self.data_wait, summed by _step), over the epoch and
+        # over each log interval: the fraction of the step time spent waiting for data.
+        self.data_wait = 0.0
+        window_t0, window_wait = t0, 0.0
         self.progress.start(f"epoch {epoch + 1}/{cfg.epochs}", self.updates_per_epoch, start)
         for update in range(start, self.updates_per_epoch):
             ls, c, n = self._step(batches, epoch, update)
@@ -752,13 +869,17 @@ class _Trainer:
             self.epoch_sums = [loss_sum, correct, images]
             self.update_in_epoch = update + 1
             lr = self.optimizer.param_groups[0]["lr"]
-            rate = (images - images_before) * info.world_size / max(time.perf_counter() - t0,
-                                                                    1e-9)
+            now = time.perf_counter()
+            rate = (images - images_before) * info.world_size / max(now - t0, 1e-9)
+            wait = (self.data_wait - window_wait) / max(now - window_t0, 1e-9)
             self.progress.step({"loss": loss_sum / images,
                                 "acc": 100 * correct / images if self.mixup is None else None,
-                                "lr": lr, "img/s": rate})
+                                "lr": lr, "img/s": rate, "data_wait": wait})
             if runlog is not None and self.global_step % cfg.log_interval == 0:
-                runlog.scalars({"loss": ls / n, "lr": lr}, self.global_step, prefix="train/")
+                runlog.scalars({"loss": ls / n, "lr": lr, "data_wait": wait}, self.global_step,
+                               prefix="train/")
+            if (update + 1) % cfg.log_interval == 0:
+                window_t0, window_wait = now, self.data_wait
             requested = float(stop.flag.is_set())
             if info.enabled:
                 requested = D.all_reduce_sum([requested], info)[0]
@@ -771,6 +892,10 @@ class _Trainer:
                 return None
         self.progress.close()
         train_time = time.perf_counter() - t0
+        # The slowest process's wait is the one that holds up the others.
+        data_wait = self.data_wait / max(train_time, 1e-9)
+        if info.enabled:
+            data_wait = max(D.gather_objects(data_wait, info))  # type: ignore[type-var]
         loss_sum, correct, images = D.all_reduce_sum([loss_sum, correct, images], info)
 
         def reduce(values: list[float]) -> list[float]:
@@ -793,6 +918,7 @@ class _Trainer:
             lr=self.optimizer.param_groups[0]["lr"],
             img_per_sec=images / max(train_time, 1e-9) if start == 0 else None,
             epoch_time=train_time,
+            data_wait=data_wait,
             elapsed=self.elapsed_before + time.perf_counter() - self.t_start,
         )
         bad = _bad_images(self.bundle)
@@ -828,6 +954,7 @@ class _Trainer:
         ema = f" ema_top1={record['ema_top1']:.2f}" if self.ema is not None else ""
         self.log(f"epoch {epoch + 1}/{cfg.epochs}: train_loss={record['train_loss']:.4f} "
                  f"val_loss={val['loss']:.4f} top1={val['top1']:.2f} top5={val['top5']:.2f}"
-                 f"{ema} lr={record['lr']:.3g} {train_time:.1f}s"
+                 f"{ema} lr={record['lr']:.3g} {train_time:.1f}s "
+                 f"data_wait={data_wait:.0%}"
                  f"{' (best)' if is_best else ''}")
         return record

@@ -83,6 +83,12 @@ class Progress:
             self.bar = None
 
 
+#: The fields of a ``metrics.jsonl`` record that measure the clock (wall time, speed, the
+#: share of time spent waiting for data): they differ between two runs that are otherwise
+#: identical, e.g. a resumed run and an uninterrupted one.
+CLOCK_FIELDS = ("elapsed", "epoch_time", "img_per_sec", "data_wait")
+
+
 class RunLog:
     """``metrics.jsonl`` (one JSON object per epoch) and TensorBoard events.
 

@@ -6,10 +6,17 @@ however it dies; the file's contents are only for messages. A second ``train`` (
 ``--resume``) of the same folder is refused while the first runs, naming it. A lock file left
 by a process that died is detected (its lock is free but its contents name another process)
 and reported as it is taken over, never broken silently.
+
+Only the process of global rank 0 takes the lock (the only one that writes), so a multi-node
+run holds one lock. Across machines it needs a shared filesystem with locks (NFSv4, and Lustre
+mounted with ``-o flock``, lock across clients); where the filesystem has none, the run goes
+on unlocked with a warning. A lock is judged held or left by the lock itself, never by its
+PID, so this holds for a writer on another host too (the messages name its host).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -71,6 +78,17 @@ class RunLock:
                     f"({_describe(holder)}); two processes writing one run folder would mix "
                     "their checkpoints and metrics. Wait for it to finish (or stop it), or "
                     "choose another --output") from None
+            except OSError as err:
+                # A filesystem without locks (Lustre mounted without -o flock, some FUSE and
+                # old NFS set-ups): train unlocked, as on Windows, and say so.
+                os.close(fd)
+                if err.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP,
+                                     errno.ENOTSUP):
+                    raise
+                self.log(f"warning: cannot lock {self.path.parent} ({err.strerror}: its "
+                         "filesystem has no file locks); make sure no other process, on this "
+                         "machine or another, writes the same run folder")
+                return
             # The holder may have removed the file between our open and our lock: then we
             # hold a lock on a file nobody else will see; start again on the new one.
             try:
