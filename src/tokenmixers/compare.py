@@ -30,8 +30,10 @@ What makes the comparison one to trust:
 
 Budgets (``--budget``): ``small`` keeps every model around 0.2-0.5 M parameters and trains
 :data:`SMALL_EPOCHS` epochs x :data:`SEEDS` seeds unless told otherwise, so the whole run
-fits in about ten minutes on a 2-core CPU; ``paper`` uses the paper models and the data's
-full recipe.
+fits in about ten minutes on a 2-core CPU; ``paper`` uses the paper models, each trained
+with its own paper's recipe preset (:data:`tokenmixers.train.recipes.FAMILY_RECIPES`).
+``--recipe NAME`` trains every model with one preset instead (``--recipe deit``: the fair
+choice, since then only the architecture differs), ``--recipe none`` with the data's recipe.
 """
 
 from __future__ import annotations
@@ -54,8 +56,9 @@ from tokenmixers.text import did_you_mean, split_list
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
-__all__ = ["FAMILIES", "CompareConfig", "Entry", "compare", "entries", "family_model", "seeds",
-           "sweep_epochs", "tuning_grid"]
+__all__ = ["FAMILIES", "CompareConfig", "Entry", "compare", "entries", "entry_recipe",
+           "family_model", "planned_configs", "recipe_mode", "seeds", "sweep_epochs",
+           "tuning_grid"]
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ FAMILIES: dict[str, FamilyChoice] = {
     }),
 }
 
-#: Default epochs of the small budget (the paper budget uses the data's recipe).
+#: Default epochs of the small budget (the paper budget uses each model's recipe preset).
 SMALL_EPOCHS = 5
 #: Default seeds (training runs per model) per budget: two is the least that shows a spread.
 SEEDS = {"small": 2, "paper": 3}
@@ -198,6 +201,10 @@ class CompareConfig:
     resume: bool = False
     overwrite: bool = False
     bench: bool = True
+    #: training recipe preset: a name from tokenmixers.train.recipes.PRESETS for every model,
+    #: "own" for each paper family's own, "none" for the data's recipe; None: the budget's
+    #: default (paper budget, native skeleton: "own"; otherwise "none")
+    recipe: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -205,9 +212,35 @@ def _bad(option: str, value: Any, expected: str, fix: str) -> ValueError:
     return ValueError(f"{option} {value}: expected {expected}; {fix}")
 
 
+def recipe_mode(cfg: CompareConfig) -> str:
+    """``own``, ``none`` or a preset's name: what ``cfg.recipe`` means for this budget."""
+    if cfg.recipe is not None:
+        return cfg.recipe
+    return "own" if cfg.budget == "paper" and cfg.skeleton == "native" else "none"
+
+
+def entry_recipe(cfg: CompareConfig, entry: Entry) -> str | None:
+    """The recipe preset ``entry``'s runs train with (``None``: the data's recipe)."""
+    from tokenmixers.train.recipes import FAMILY_RECIPES
+
+    mode = recipe_mode(cfg)
+    if mode == "none":
+        return None
+    if mode == "own":
+        return FAMILY_RECIPES.get(entry.key)  # a mixer in a shared skeleton has no paper's
+    return mode
+
+
 def _check(cfg: CompareConfig) -> None:
     if cfg.budget not in ("small", "paper"):
         raise ValueError(f"--budget takes small or paper, got {cfg.budget!r}")
+    if cfg.recipe not in (None, "own", "none"):
+        from tokenmixers.train.recipes import PRESETS
+
+        if cfg.recipe not in PRESETS:
+            raise _bad("--recipe", cfg.recipe, f"own, none or a preset: {', '.join(PRESETS)}"
+                       f"{did_you_mean(cfg.recipe, [*PRESETS, 'own', 'none'])}",
+                       "e.g. --recipe deit (one recipe for every model: the fair comparison)")
     if cfg.skeleton not in ("native", *SKELETONS):
         raise ValueError(
             f"--skeleton takes native, isotropic or hierarchical, got {cfg.skeleton!r}"
@@ -331,7 +364,9 @@ def _train_options(cfg: CompareConfig, entry: Entry, run_dir: Path, *, seed: int
     """What ``train`` gets for one run: the comparison's options, the run's seed, the
     held-out validation split (never the test split) and the training fraction."""
     epochs = epochs if epochs is not None else _epochs(cfg)
+    recipe = entry_recipe(cfg, entry)
     return {
+        **({"recipe": recipe} if recipe is not None else {}),
         "model": entry.model, "model_kwargs": dict(entry.overrides), "data": cfg.data,
         "output": str(run_dir), "seed": seed, "data_dir": cfg.data_dir,
         "download": cfg.download, "progress": cfg.progress, "amp": cfg.amp,
@@ -370,7 +405,7 @@ def _run_facts(run_dir: Path) -> dict[str, Any]:
     return {k: conf.get(k) for k in keys}
 
 
-def _final_weights(run_dir: Path) -> Any:
+def final_weights(run_dir: Path) -> Any:
     from tokenmixers.evaluate import load_checkpoint_model
     from tokenmixers.train.checkpoint import WEIGHTS, find_checkpoint
 
@@ -425,7 +460,7 @@ def run_entry(cfg: CompareConfig, entry: Entry, out: Path, test: Dataset, *, see
          f"{f', {fraction:g} of the training set' if fraction < 1 else ''}"
          f"{''.join(f', {k} {v:g}' for k, v in (hparams or {}).items())}")
     _, train_time = _train(options, run_dir)
-    loaded = _final_weights(run_dir)
+    loaded = final_weights(run_dir)
     record = _base_record(cfg, entry, run_dir, out, options, train_time, loaded.model)
     eval_sizes = cfg.eval_sizes or default_sizes(record["train_size"], cfg.budget)[0]
     evals = eval_resolutions(loaded, test, sorted(set(eval_sizes)), amp=cfg.amp,
@@ -482,6 +517,17 @@ def _recipe(cfg: CompareConfig, entry: Entry) -> Any:
     from tokenmixers.train.config import build_config, resolve
 
     return resolve(build_config(_train_options(cfg, entry, Path("unused"), seed=cfg.seed)))
+
+
+def planned_configs(cfg: CompareConfig) -> dict[str, Any]:
+    """Each model's resolved training configuration (seed ``cfg.seed``), without training:
+    entry key -> :class:`~tokenmixers.train.config.TrainConfig`."""
+    import warnings
+
+    _check(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a preset's "not applied" parts: the runs warn
+        return {entry.key: _recipe(cfg, entry) for entry in entries(cfg)}
 
 
 def _recipe_lr(cfg: CompareConfig, entry: Entry) -> float:
@@ -690,7 +736,8 @@ def compare(cfg: CompareConfig, *, progress: Callable[[str], None] = _log) -> Pa
 def _settings(cfg: CompareConfig, wall: float) -> dict[str, Any]:
     return {"data": cfg.data, "holdout": cfg.holdout, "seeds": seeds(cfg),
             "tune": list(cfg.tune), "wall_time_s": wall, "budget": cfg.budget,
-            "skeleton": cfg.skeleton}
+            "skeleton": cfg.skeleton, "recipe_mode": recipe_mode(cfg),
+            "recipes": {e.key: entry_recipe(cfg, e) for e in entries(cfg)}}
 
 
 #: Throughput benchmark: timed batches and warm-up per size (the busy rules are the
@@ -788,7 +835,8 @@ def add_parser(sub: Any) -> None:
         help="train, evaluate and benchmark one model per token mixer; write a report",
         description=(__doc__ or "").split("\n\n")[0],
     )
-    p.add_argument("--data", default="mnist5k", help="mnist5k (default), digits, cifar10, ...")
+    p.add_argument("--data", default="mnist5k", help="mnist5k (default), digits, cifar10, "
+                   "pathfinder32:hard, imagefolder:PATH, hf:..., wds:... (as train's)")
     p.add_argument("--models", default=None,
                    help=f"paper families, comma-separated (default with --skeleton native: "
                         f"{','.join(FAMILIES)})")
@@ -798,6 +846,11 @@ def add_parser(sub: Any) -> None:
                         "`tokenmixers mixers` lists them)")
     p.add_argument("--budget", choices=("small", "paper"), default="small")
     p.add_argument("--skeleton", choices=("native", *SKELETONS), default="native")
+    p.add_argument("--recipe", default=None, metavar="PRESET|own|none",
+                   help="training recipe: a paper preset for every model (e.g. deit: one "
+                        "shared recipe, the fair comparison), own (each paper family its "
+                        "own preset; the default of --budget paper) or none (the data's "
+                        "recipe; the default otherwise)")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"default: {SMALL_EPOCHS} for --budget small, the data's recipe for paper")
     p.add_argument("--seeds", type=int, default=None,
@@ -870,7 +923,7 @@ def _cmd_compare(args: Any) -> int:
         out=args.out, data_dir=args.data_dir, download=args.download,
         limit_train=args.limit_train, limit_val=args.limit_val, threads=args.threads,
         amp=args.amp, progress=args.progress, resume=args.resume, overwrite=args.overwrite,
-        bench=not args.no_bench,
+        bench=not args.no_bench, recipe=args.recipe,
     )
     out = compare(cfg)
     print((out / "summary.txt").read_text())

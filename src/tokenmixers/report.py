@@ -506,6 +506,29 @@ def _duration(seconds: float) -> str:
     return f"{m} min {s} s" if m else f"{s} s"
 
 
+def recipe_paragraph(settings: dict[str, Any]) -> str | None:
+    """What training recipe the models got (``compare --recipe``), and which choice is the
+    fair one; ``None`` for a comparison that did not record it."""
+    mode = settings.get("recipe_mode")
+    if mode is None:
+        return None
+    recipes = settings.get("recipes") or {}
+    fair = ("A shared recipe (--recipe deit, or any one preset for every model) is the fair "
+            "comparison: only the architecture then differs.")
+    if mode == "own":
+        used = ", ".join(f"{k}: {v or 'the data recipe'}" for k, v in recipes.items())
+        return ("Training recipe: each paper family's own preset (tokenmixers train --recipe; "
+                f"{used}), so the models differ in epochs, learning rate, batch, "
+                f"augmentation and regularisation as well as in architecture, as in the "
+                f"papers. {fair}")
+    if mode == "none":
+        return ("Training recipe: the data's recipe (DeiT-style, scaled to the dataset), the "
+                "same for every model: a shared recipe is the fair comparison, since only "
+                "the architecture then differs.")
+    return (f"Training recipe: the {mode} preset (tokenmixers train --recipe {mode}) for "
+            f"every model. {fair}")
+
+
 def write_report(records: Sequence[dict[str, Any]], out: Path, *, title: str,
                  tuning: dict[str, dict[str, Any]] | None = None,
                  benches: dict[str, dict[str, Any]] | None = None,
@@ -558,6 +581,9 @@ def write_report(records: Sequence[dict[str, Any]], out: Path, *, title: str,
         f"train MACs: 3 x forward MACs x training images seen (forward and backward), per "
         f"seed. time/seed: training wall time. infer img/s: median of timed batches "
         f"(slowest-fastest).")))
+    recipe_text = recipe_paragraph(settings)
+    if recipe_text:
+        blocks.append(("p", recipe_text))
     busy = [(key, reasons) for key, b in benches.items() if (reasons := busy_reasons(b))]
     if busy:
         blocks.append(("p", "WARNING: the throughput figures are unreliable (the machine "
@@ -671,6 +697,17 @@ def write_report(records: Sequence[dict[str, Any]], out: Path, *, title: str,
     blocks.append(("h2", "Notes"))
     blocks.append(("ul", notes))
 
+    render_report(blocks, out, title=title, captions=PLOTS)
+    return {"md": out / "report.md", "html": out / "report.html",
+            "legend_overlaps": overlaps, **{p: out / p for p in figs}}
+
+
+def render_report(blocks: Sequence[tuple[Any, ...]], out: Path, *, title: str,
+                  captions: dict[str, str]) -> None:
+    """Write ``blocks`` as ``out/report.md`` and a self-contained ``out/report.html`` (plots
+    inlined), in the comparison's look. A block is ``("h2", text)``, ``("p", text)``,
+    ``("table", header, rows[, left-aligned columns])``, ``("img", file in out)`` (captioned
+    from ``captions``) or ``("ul", items)``; ``compare`` and the studies share it."""
     md = [f"# {title}", ""]
     for b in blocks:
         if b[0] == "h2":
@@ -680,7 +717,7 @@ def write_report(records: Sequence[dict[str, Any]], out: Path, *, title: str,
         elif b[0] == "table":
             md += [_md_table(b[1], b[2], *(b[3:] or (2,))), ""]
         elif b[0] == "img":
-            md += [f"![{PLOTS[b[1]]}]({b[1]})", ""]
+            md += [f"![{captions.get(b[1], b[1])}]({b[1]})", ""]
         elif b[0] == "ul":
             md += [*[f"- {n}" for n in b[1]], ""]
     (out / "report.md").write_text("\n".join(md))
@@ -695,9 +732,9 @@ def write_report(records: Sequence[dict[str, Any]], out: Path, *, title: str,
             parts.append(_html_table(b[1], b[2]))
         elif b[0] == "img":
             data = base64.b64encode((out / b[1]).read_bytes()).decode()
-            parts.append(f'<figure><img alt="{html.escape(PLOTS[b[1]])}" '
+            parts.append(f'<figure><img alt="{html.escape(captions.get(b[1], b[1]))}" '
                          f'src="data:image/png;base64,{data}"><figcaption>'
-                         f"{html.escape(PLOTS[b[1]])}</figcaption></figure>")
+                         f"{html.escape(captions.get(b[1], b[1]))}</figcaption></figure>")
         elif b[0] == "ul":
             parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in b[1]) + "</ul>")
     page = f"""<!doctype html>
@@ -716,6 +753,3 @@ figcaption {{ color: #555; font-size: 13px; }}
 </body></html>
 """
     (out / "report.html").write_text(page)
-    return {"md": out / "report.md", "html": out / "report.html",
-            "legend_overlaps": overlaps, **{p: out / p for p in figs}}
-

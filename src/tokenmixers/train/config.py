@@ -12,6 +12,7 @@ import math
 import re
 import types
 import typing
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,6 +24,7 @@ from tokenmixers._files import atomic_path, plain
 from tokenmixers.data import DataSpec, parse_data
 from tokenmixers.precision import AMP_CHOICES
 from tokenmixers.text import did_you_mean
+from tokenmixers.train.errors import ConfigError
 
 #: DeiT's recipe (arXiv 2012.12877) scaled to the dataset. ``lr_base`` is the learning rate
 #: for a global batch of 512 (lr = lr_base * global batch / 512, DeiT's rule).
@@ -50,11 +52,16 @@ class TrainConfig:
     model: str = ""
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     data: str = "mnist5k"
+    #: hf: data's image and label columns, "IMAGE,LABEL" (None: detected)
+    data_columns: str | None = None
     data_dir: str = "data"
     download: bool = False
     val_split: float | None = None
     img_size: int | None = None
     initial_checkpoint: str | None = None
+    #: a paper's training recipe (tokenmixers.train.recipes.PRESETS): fills every option not
+    #: given, before the dataset's recipe
+    recipe: str | None = None
     output: str = ""
     # schedule and optimiser
     epochs: int | None = None
@@ -124,10 +131,6 @@ class TrainConfig:
 RUNTIME_KEYS = frozenset({"stop_after", "log_interval", "progress", "nproc", "workers",
                           "output", "device", "download", "data_dir", "threads"})
 OPTION_NAMES = [f.name for f in fields(TrainConfig)]
-
-
-class ConfigError(ValueError):
-    """A bad option name or value."""
 
 
 def parse_literal(text: str) -> Any:
@@ -564,7 +567,14 @@ CHOICES: dict[str, tuple[Callable[[], tuple[str, ...]], Callable[[str], str]]] =
     "progress": (lambda: ("auto", "bar", "plain", "none"), str),
     "sched": (lambda: SCHEDULERS, str),
     "opt": (_optimizers, lambda v: v.lower().split("_")[-1]),
+    "recipe": (lambda: _presets(), str),
 }
+
+
+def _presets() -> tuple[str, ...]:
+    from tokenmixers.train.recipes import PRESETS
+
+    return tuple(PRESETS)
 
 
 def flag(key: str) -> str:
@@ -643,12 +653,31 @@ def _check_auto_augment(policy: str | None) -> None:
             "(AutoAugment); pass none for no policy, or leave it out for the recipe's") from None
 
 
+def _check_data_columns(columns: str | None, data: str) -> None:
+    """``--data-columns IMAGE,LABEL``: two names, for ``hf:`` data only."""
+    if columns is None:
+        return
+    parts = [c.strip() for c in str(columns).split(",")]
+    if not isinstance(columns, str) or len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--data-columns {columns}: expected IMAGE,LABEL, two column names, "
+                          "e.g. --data-columns image,label; leave it out to detect them")
+    if not data.startswith("hf:"):
+        raise ConfigError(f"--data-columns {columns}: applies to --data hf:... only (this run "
+                          f"has --data {data}); leave it out")
+
+
 def build_config(options: dict[str, Any]) -> TrainConfig:
     """A :class:`TrainConfig` from option names -> values (YAML or command line), checked:
     every option's value and ``--model-kwargs`` against the model, before anything is loaded
     or written."""
     check_names(options, "the configuration")
     opts = {key: _coerce(key, value) for key, value in options.items()}
+    if opts.get("recipe") is not None:  # the paper's values for every option not given
+        from tokenmixers.train.recipes import OFF, recipe_options
+
+        # "none" given for an augmentation turns it off (the dataset recipe would refill None)
+        off = {k: OFF[k] for k, v in opts.items() if v is None and k in OFF}
+        opts = {**recipe_options(opts["recipe"], opts.get("model") or ""), **opts, **off}
     opts["model_kwargs"] = parse_model_kwargs(opts.get("model_kwargs"))
     cfg = TrainConfig(**opts)
     validate(cfg)
@@ -662,6 +691,7 @@ def validate(cfg: TrainConfig) -> None:
     if not cfg.model:
         raise ConfigError("no model: pass --model NAME (tokenmixers list shows them)")
     cfg.data_spec  # noqa: B018 (raises for an unknown dataset)
+    _check_data_columns(cfg.data_columns, cfg.data)
     for key in OPTION_NAMES:
         check_option(key, getattr(cfg, key))
     _check_auto_augment(cfg.auto_augment)
@@ -675,11 +705,21 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def resolve(cfg: TrainConfig, world_size: int = 1) -> TrainConfig:
-    """Fill every ``None`` from the dataset's recipe; ``lr`` from ``lr_base``."""
+    """Fill every ``None`` from the dataset's recipe; ``lr`` from ``lr_base``. With
+    ``--recipe`` (whose values :func:`build_config` already put under the options given),
+    the paper's global batch is split over ``world_size`` processes and accumulation steps,
+    and what the trainer cannot apply of the paper's recipe is warned about."""
     spec = cfg.data_spec
     recipe = RECIPES[spec.kind]
     values = {k: (recipe[k] if getattr(cfg, k) is None and k in recipe else getattr(cfg, k))
               for k in OPTION_NAMES}
+    if cfg.recipe is not None:
+        from tokenmixers.train import recipes
+
+        if cfg.batch_size is None:
+            values["batch_size"] = recipes.per_process_batch(cfg.recipe, cfg.model,
+                                                             cfg.accum_steps, world_size)
+        recipes.warn_not_applied(cfg.recipe, cfg.model)
     if values["img_size"] is None:
         values["img_size"] = spec.native_size
     if values["lr"] is None:
@@ -700,3 +740,38 @@ def run_identity(cfg: TrainConfig | dict[str, Any]) -> dict[str, Any]:
     """The options that define a run (what must match to call it the same run)."""
     d = cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg)
     return {k: v for k, v in d.items() if k not in RUNTIME_KEYS}
+
+
+def config_text(options: dict[str, Any], *, world_size: int = 1) -> str:
+    """``train --print-config``: every option as the run would use it, as YAML, headed by
+    comments saying where the values come from; nothing is loaded or written. Without
+    ``--model``, a preset's values are shown for its :attr:`Recipe.default_model`."""
+    import os
+
+    import yaml
+
+    from tokenmixers.train.recipes import PRESETS, describe, get_recipe
+
+    options = dict(options)
+    notes = []
+    if options.get("recipe") and not options.get("model"):
+        options["model"] = get_recipe(str(options["recipe"])).default_model
+        notes.append(f"no --model given: the values shown are {options['model']}'s")
+    world_size = int(os.environ.get("WORLD_SIZE", world_size) or 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the "not applied" list is printed below instead
+        cfg = resolve(build_config(options), world_size)
+    kind = cfg.data_spec.kind
+    if cfg.recipe:
+        notes += describe(cfg.recipe, cfg.model, batch_size=int(cfg.batch_size or 0),
+                          accum_steps=cfg.accum_steps, world_size=world_size,
+                          lr=float(cfg.lr or 0.0))
+        notes.append(f"options the preset leaves open come from the dataset's recipe "
+                     f"'{kind}'; options given explicitly win over both")
+    else:
+        notes.append(f"recipe: none -- options not given come from the dataset's recipe "
+                     f"'{kind}' ({', '.join(sorted(RECIPES[kind]))}); --recipe NAME "
+                     f"uses a paper's ({', '.join(PRESETS)})")
+    header = [f"# {line}" for line in ["tokenmixers train: the resolved options (nothing "
+                                        "was loaded or written)", *notes]]
+    return "\n".join(header) + "\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip()
