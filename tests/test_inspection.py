@@ -127,3 +127,42 @@ def test_patch_embedding_components_and_position_similarity(tmp_path) -> None:
     paths = plot_inspection(model, records, tmp_path, title="vit")
     assert set(paths) == {"filters", "pos_embed", "distances"}
     assert all(p.stat().st_size > 1000 for p in paths.values())
+
+
+def test_erf_and_inspect_commands_on_a_trained_run(tmp_path, capsys) -> None:
+    """`tokenmixers erf` and `tokenmixers inspect` on a (tiny) trained run: its own data,
+    the trained weights and their untrained twin, the files and the printed tables."""
+    import json
+
+    from tokenmixers.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--model", "vit_tiny_patch16_224", "--model-kwargs", "patch_size=4",
+                 "embed_dim=32", "depth=2", "num_heads=2", "--data", "mnist5k",
+                 "--limit-train", "128", "--limit-val", "32", "--epochs", "1",
+                 "--batch-size", "32", "--progress", "none", "--output", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["erf", "--checkpoint", str(run), "--images", "4", "-o",
+                 str(tmp_path / "erf")]) == 0
+    out = capsys.readouterr().out
+    assert "on 4 mnist5k validation images" in out and "trained" in out and "untrained" in out
+    rows = json.loads((tmp_path / "erf" / "erf.json").read_text())
+    assert [r["state"] for r in rows] == ["trained", "untrained"]
+    assert all(0 < r["area50"] <= r["area90"] <= 1 and r["radius"] > 0 for r in rows)
+    assert (tmp_path / "erf" / "erf.png").stat().st_size > 1000
+    assert main(["inspect", "--checkpoint", str(run), "--images", "4", "-o",
+                 str(tmp_path / "inspect")]) == 0
+    out = capsys.readouterr().out
+    assert "attention distance" in out
+    result = json.loads((tmp_path / "inspect" / "inspect.json").read_text())
+    assert [layer["depth"] for layer in result["layers"]] == [0, 1]
+    assert all(len(layer["attention_distance"]) == 2 for layer in result["layers"])
+    # A zoo model without data: noise images; bad input names the option.
+    assert main(["erf", "--model", "shiftvit_tiny", "--model-kwargs", "embed_dim=8",
+                 "depths=(1,1)", "--img-size", "64", "--images", "2", "-o",
+                 str(tmp_path / "erf2")]) == 0
+    assert "2 noise images" in capsys.readouterr().out
+    assert main(["erf", "--model", "vit_tiny_patch16_224", "--checkpoint", str(run)]) == 2
+    assert "exactly one of --model NAME or --checkpoint" in capsys.readouterr().err
+    assert main(["inspect", "--checkpoint", str(run), "--images", "0"]) == 2
+    assert "--images 0: expected at least 1" in capsys.readouterr().err

@@ -102,12 +102,21 @@ TRAIN_OPTIONS: dict[str, dict[str, Any]] = {
     "--model-kwargs": dict(nargs="+", metavar="KEY=VALUE",
                            help="create_model overrides, values as Python/YAML literals, e.g. "
                                 "patch_size=4 embed_dim=64 'mlp_ratio=(0.5, 2)'"),
-    "--data": dict(help="mnist5k (default), digits, cifar10, cifar100 or imagefolder:PATH"),
+    "--data": dict(help="mnist5k (default), digits, cifar10, cifar100, imagefolder:PATH, "
+                        "pathfinder32[:easy|intermediate|hard] (also 64, 128, 256; generated), "
+                        "hf:NAME_OR_PATH[:SPLIT] (Hugging Face datasets) or wds:SHARDS "
+                        "(WebDataset shards; tokenmixers data convert writes them)"),
+    "--data-columns": dict(metavar="IMAGE,LABEL",
+                           help="hf: data's image and label columns (default: the Image and "
+                                "ClassLabel features, else image/img and label/labels)"),
     "--data-dir": dict(help="where cifar10/cifar100 live or download to (default: data)"),
     "--download": dict(action=BOOL, help="download cifar10/cifar100 if missing"),
     "--val-split": dict(type=float, help="imagefolder without val/: hold out this fraction"),
     "--img-size": dict(type=int, help="input size (default: the data's own)"),
     "--initial-checkpoint": dict(help="start from these weights (same model and classes)"),
+    "--recipe": dict(metavar="PRESET",
+                     help="a paper's ImageNet recipe for every option not given: deit, "
+                          "vit-augreg, mixer, shiftvit, sequencer or vil (see --print-config)"),
     "--output": dict(help="run folder (config, metrics, checkpoints, TensorBoard events)"),
     "--epochs": dict(type=int),
     "--batch-size": dict(type=int, help="per process (default: 64 for digit data, else 128)"),
@@ -176,6 +185,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     options = _train_options(args)
     nproc = int(options.get("nproc", 1) or 1)
+    if args.print_config:
+        from tokenmixers.train.config import config_text
+
+        print(config_text(options, world_size=nproc))
+        return 0
     if nproc > 1 and not launched_by_torchrun():
         return launch(nproc, args.argv)
     result = train(options, resume=args.resume, overwrite=args.overwrite)
@@ -332,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a run already in --output")
+    p.add_argument("--print-config", action="store_true",
+                   help="print every option as the run would use it (YAML, with the "
+                        "recipe's sources) and exit, loading and writing nothing")
     for flag, kwargs in TRAIN_OPTIONS.items():
         p.add_argument(flag, default=S, **kwargs)
     p.set_defaults(func=cmd_train)
@@ -386,6 +403,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                    help="create_model overrides, e.g. backend=chunkwise img_size=64")
     p.set_defaults(func=cmd_export)
+
+    # Streaming data: `data convert` (image folder -> WebDataset shards) and `bench-data`.
+    from tokenmixers.data import bench as data_bench
+    from tokenmixers.data import convert as data_convert
+
+    data_convert.add_parser(sub)
+    data_bench.add_parser(sub)
+
+    # The papers' questions: `erf` (effective receptive fields) and `inspect` (ViT Fig. 7).
+    from tokenmixers import analysis, studies
+
+    analysis.add_parsers(sub)
+    studies.add_parser(sub)
 
     # Commands that live in their own modules register themselves through add_parser(sub).
     import importlib

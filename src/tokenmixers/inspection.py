@@ -219,6 +219,7 @@ def plot_inspection(model: nn.Module, records: list[LayerRecord], out: str | Pat
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     ax.legend(unique.values(), unique.keys(), fontsize=8)
+    ax.set_xticks([r.depth for r in records])
     ax.set_xlabel("block")
     ax.set_ylabel("mean distance (pixels)")
     ax.set_title(f"{title} mean distance per block".strip(), fontsize=9)
