@@ -104,7 +104,8 @@ TRAIN_OPTIONS: dict[str, dict[str, Any]] = {
                                 "patch_size=4 embed_dim=64 'mlp_ratio=(0.5, 2)'"),
     "--data": dict(help="mnist5k (default), digits, cifar10, cifar100, imagefolder:PATH, "
                         "pathfinder32[:easy|intermediate|hard] (also 64, 128, 256; generated), "
-                        "hf:NAME_OR_PATH[:SPLIT] (Hugging Face datasets) or wds:SHARDS "
+                        "hf:NAME_OR_PATH[:SPLIT] (Hugging Face datasets; hf-stream:... to "
+                        "stream them) or wds:SHARDS "
                         "(WebDataset shards; tokenmixers data convert writes them)"),
     "--data-columns": dict(metavar="IMAGE,LABEL",
                            help="hf: data's image and label columns (default: the Image and "

@@ -30,13 +30,13 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 class DataSpec:
     """A parsed ``--data`` value."""
 
-    name: str  # mnist5k, digits, cifar10, cifar100, imagefolder, hf, wds
+    name: str  # mnist5k, digits, cifar10, cifar100, imagefolder, hf, hf-stream, wds
     path: str = ""  # imagefolder's folder, hf's name or folder, wds's shards, a CIFAR root
 
     @property
     def kind(self) -> str:
         """Which recipe fits: small (digits-sized), cifar, or imagenet-like."""
-        if self.name in ("hf", "wds"):
+        if self.name in ("hf", "hf-stream", "wds"):
             size, grey = _peek(self)
             if size is not None and size <= SMALL_IMAGES:
                 return "small" if grey else "cifar"
@@ -48,7 +48,7 @@ class DataSpec:
 
     @property
     def native_size(self) -> int:
-        if self.name in ("hf", "wds"):
+        if self.name in ("hf", "hf-stream", "wds"):
             size, _ = _peek(self)
             return size if size is not None and size <= SMALL_IMAGES else 224
         return BUILTIN.get(self.name, 224)
@@ -90,6 +90,12 @@ def parse_data(value: str) -> DataSpec:
                              "Hugging Face Hub name, e.g. hf:/data/cifar10_hf or "
                              "hf:uoft-cs/cifar10")
         return DataSpec("hf", path)
+    if name == "hf-stream":  # the same dataset streamed: data/hf.py's HfStreamSource
+        if not path:
+            raise ValueError("--data hf-stream:NAME_OR_PATH[:SPLIT] needs a Hugging Face Hub "
+                             "name or a save_to_disk folder, e.g. "
+                             "hf-stream:timm/imagenet-1k-wds")
+        return DataSpec("hf-stream", path)
     if name == "wds":
         if not path:
             raise ValueError("--data wds:PATH needs a folder of shards with index.json, or a "
@@ -101,7 +107,8 @@ def parse_data(value: str) -> DataSpec:
         return DataSpec(name, parse_spec(name, path).options)  # raises naming the choices
     if name in BUILTIN:
         return DataSpec(name, path)
-    choices = [*BUILTIN, "imagefolder:PATH", "hf:NAME_OR_PATH[:SPLIT]", "wds:SHARDS"]
+    choices = [*BUILTIN, "imagefolder:PATH", "hf:NAME_OR_PATH[:SPLIT]",
+               "hf-stream:NAME_OR_PATH[:SPLIT]", "wds:SHARDS"]
     raise ValueError(
         f"unknown dataset {value!r}{did_you_mean(name, choices, cutoff=0.4)}"
         f" (choose from {', '.join(choices)})"
@@ -205,10 +212,10 @@ def load_data(
 
         train, val, classes = load_cifar(spec.name, spec.path or data_dir, download=download)
         return DataBundle(spec, train, val, classes, 3, CIFAR_MEAN, CIFAR_STD)
-    if columns and spec.name != "hf":
-        raise ValueError(f"--data-columns {columns} applies to --data hf:... only (this is "
-                         f"{spec.name}); leave it out")
-    if spec.name in ("hf", "wds"):
+    if columns and spec.name not in ("hf", "hf-stream"):
+        raise ValueError(f"--data-columns {columns} applies to --data hf:... and hf-stream:... "
+                         f"only (this is {spec.name}); leave it out")
+    if spec.name in ("hf", "hf-stream", "wds"):
         return _load_streaming(spec, columns=columns, val_split=val_split, seed=seed)
     from tokenmixers.data.folder import load_imagefolder
 
@@ -229,6 +236,12 @@ def _load_streaming(spec: DataSpec, *, columns: str | None, val_split: float | N
         train, val, classes, in_chans, _ = load_hf(spec.path, columns=columns,
                                                    val_split=val_split, seed=seed)
         notes = []
+    elif spec.name == "hf-stream":
+        from tokenmixers.data.hf import load_hf_stream
+
+        train, val = load_hf_stream(spec.path, columns=columns, val_split=val_split)
+        classes, in_chans = list(train.classes), 3 if train.mode == "RGB" else 1
+        notes = ["streamed"]
     else:
         from tokenmixers.data.wds import WdsSource, load_shards
 
@@ -248,10 +261,11 @@ def _load_streaming(spec: DataSpec, *, columns: str | None, val_split: float | N
 
 
 def is_streamed(dataset: object) -> bool:
-    """Whether ``dataset`` is read as a stream (wds:), not by index."""
+    """Whether ``dataset`` is read as a stream (wds:, hf-stream:), not by index."""
+    from tokenmixers.data.hf import HfStreamSource
     from tokenmixers.data.wds import WdsSource
 
-    return isinstance(dataset, WdsSource)
+    return isinstance(dataset, (WdsSource, HfStreamSource))
 
 
 __all__ = [

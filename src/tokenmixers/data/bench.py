@@ -60,7 +60,7 @@ def _train_pipeline(data: str, *, img_size: int | None, no_aug: bool, columns: s
                         reprob=recipe["reprob"], no_aug=no_aug)
     transform = train_transform(size, bundle.in_chans, bundle.mean, bundle.std, aug)
     if is_streamed(bundle.train):
-        return (bundle.train.shards, transform), True, size
+        return (bundle.train, transform), True, size
     return Transformed(bundle.train, transform), False, size
 
 
@@ -74,10 +74,16 @@ def measure(pipeline: Any, streamed: bool, *, workers: int, batch_size: int,
 
     def loader() -> DataLoader:
         if streamed:
+            from tokenmixers.data.hf import HfStreamSource, HfStreamTrain
             from tokenmixers.data.wds import WdsPlan, WdsTrain
 
-            shards, transform = pipeline
-            dataset = WdsTrain(WdsPlan(shards, seed=0, batch_size=batch_size), transform)
+            source, transform = pipeline
+            if isinstance(source, HfStreamSource):
+                dataset: Any = HfStreamTrain(source, transform, seed=0, batch_size=batch_size,
+                                             batches_per_step=1, rank=0, world_size=1)
+            else:
+                dataset = WdsTrain(WdsPlan(source.shards, seed=0, batch_size=batch_size),
+                                   transform)
             dataset.set_epoch(epoch, workers=workers)
             return DataLoader(dataset, batch_size=batch_size, num_workers=workers)
         sampler = ResumableSampler(pipeline, num_replicas=1, rank=0, seed=0)

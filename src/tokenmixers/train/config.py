@@ -661,8 +661,9 @@ def _check_data_columns(columns: str | None, data: str) -> None:
     if not isinstance(columns, str) or len(parts) != 2 or not all(parts):
         raise ConfigError(f"--data-columns {columns}: expected IMAGE,LABEL, two column names, "
                           "e.g. --data-columns image,label; leave it out to detect them")
-    if not data.startswith("hf:"):
-        raise ConfigError(f"--data-columns {columns}: applies to --data hf:... only (this run "
+    if not data.startswith(("hf:", "hf-stream:")):
+        raise ConfigError(f"--data-columns {columns}: applies to --data hf:... and "
+                          f"hf-stream:... only (this run "
                           f"has --data {data}); leave it out")
 
 

@@ -391,6 +391,20 @@ class _Trainer:
         from tokenmixers.data.wds import WdsEval, WdsPlan, WdsTrain
 
         cfg, info, bundle = self.cfg, self.info, self.bundle
+        from tokenmixers.data.hf import HfStreamSource, stream_setup
+
+        if isinstance(bundle.train, HfStreamSource):  # hf-stream: the same interface as wds
+            try:
+                self.train_set, self.val_loader, self.n_val = stream_setup(cfg, info, bundle, (
+                    train_transform(cfg.img_size, bundle.in_chans, bundle.mean, bundle.std,
+                                    aug),
+                    eval_transform(cfg.img_size, bundle.in_chans, bundle.mean, bundle.std,
+                                   crop_pct=bundle.crop_pct)), self.warn)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+            self.n_train, self.sampler = bundle.train.total, None
+            self.updates_per_epoch = self.train_set.steps
+            return
         if cfg.holdout or cfg.train_fraction:
             raise ConfigError(
                 f"{'holdout' if cfg.holdout else 'train_fraction'}: not available for a "
@@ -681,7 +695,8 @@ class _Trainer:
                                                                         torch.Tensor]]:
         cfg = self.cfg
         if self.sampler is None:  # a stream (wds:): its plan splits it among the workers
-            if skip_updates and self.saved_workers not in (None, cfg.workers):
+            if skip_updates and self.saved_workers not in (None, cfg.workers) and not (
+                    getattr(self.train_set, "order_ignores_workers", False)):  # hf-stream
                 self.log(f"{cfg.data}: the run was saved with --workers {self.saved_workers} "
                          f"and resumes with {cfg.workers}: the images of this epoch not yet "
                          "trained on are split among the new workers (each still once, in "
