@@ -27,6 +27,10 @@ PARAMS = {
     "sequencer2d_s_horizontal": 27_645_544,
     "gru_sequencer2d_s": 24_874_600,
     "rnn_sequencer2d_s": 19_320_424,
+    # the 1-D baselines, counted from the authors' vanilla_sequencer.py configurations
+    "vsequencer_s": 33_016_552,
+    "vsequencer_s_h": 27_645_544,
+    "vsequencer_s_pe": 33_114_856,
 }
 
 
@@ -142,6 +146,11 @@ def _bilstm2d(x: torch.Tensor, params: dict[str, torch.Tensor], cfg: dict) -> to
         seq, p, cfg["rnn_type"], cfg["hidden_size"], cfg["bidirectional"]
     )
     v = hz = None
+    if cfg["union"] == "flat":  # the vanilla block: one BiLSTM over the raster sequence
+        y = run(x.reshape(b, h * w, c), sub("rnn_h.")).reshape(b, h, w, -1)
+        if "fc.weight" in params:
+            y = F.linear(y, params["fc.weight"], params["fc.bias"])
+        return y
     if cfg["union"] != "horizontal":
         columns = x.permute(0, 2, 1, 3).reshape(b * w, h, c)
         v = run(columns, sub("rnn_v.")).reshape(b, w, h, -1).permute(0, 2, 1, 3)
@@ -168,6 +177,9 @@ MIXER_CASES = [
     ("cat", True, True, "gru", 12, 5),
     ("cat", True, True, "rnn", 12, 5),
     ("add", True, False, "gru", 12, 5),
+    ("flat", False, True, "lstm", 12, 6),
+    ("flat", True, True, "lstm", 12, 5),
+    ("flat", True, False, "gru", 12, 5),
 ]
 
 
@@ -182,7 +194,7 @@ def test_mixer_matches_written_equations(
     _perturb(mixer, std=0.2).double()
     params = dict(mixer.state_dict())
     assert ("fc.weight" in params) == with_fc
-    assert any(k.startswith("rnn_v.") for k in params) == (union != "horizontal")
+    assert any(k.startswith("rnn_v.") for k in params) == (union not in ("horizontal", "flat"))
     assert any(k.startswith("rnn_h.") for k in params) == (union != "vertical")
     x = torch.randn(2, 3 * 5, dim, dtype=torch.float64)
     with torch.no_grad():
@@ -207,6 +219,11 @@ def _sequencer_forward(model: tokenmixers.Backbone, x: torch.Tensor, cfg: dict) 
     k0 = cfg["patch_sizes"][0]
     x = F.conv2d(x, s["patch_embed.proj.weight"], s["patch_embed.proj.bias"], stride=k0)
     x = x.permute(0, 2, 3, 1)
+    if cfg.get("pos_embed"):  # VSequencer(PE): a learned table on the stem's grid, resampled
+        table = s["pos_embed.embed"].permute(0, 3, 1, 2)
+        if table.shape[-2:] != x.shape[1:3]:
+            table = F.interpolate(table, size=x.shape[1:3], mode="bicubic", align_corners=False)
+        x = x + table.permute(0, 2, 3, 1)
     for i, depth in enumerate(cfg["layers"]):
         if i > 0:
             k = cfg["patch_sizes"][i]
@@ -235,20 +252,28 @@ def _sequencer_forward(model: tokenmixers.Backbone, x: torch.Tensor, cfg: dict) 
         ("horizontal", False, (8, 12, 12, 12), "lstm"),
         ("cat", True, (3, 5, 5, 5), "gru"),
         ("cat", True, (3, 5, 5, 5), "rnn"),
+        ("flat", False, (8, 12, 12, 12), "lstm"),  # VSequencer(H)
+        ("flat+pe", False, (8, 12, 12, 12), "lstm"),  # with VSequencer(PE)'s embedding
     ],
 )
 def test_tiny_models_match_written_equations_on_non_square_input(
     union: str, with_fc: bool, hidden_sizes: tuple[int, ...], rnn_type: str
 ) -> None:
+    pos_embed = union.endswith("+pe")
+    union = union.removesuffix("+pe")
     cfg = {**TINY, "hidden_sizes": hidden_sizes, "union": union, "with_fc": with_fc,
-           "bidirectional": True, "rnn_type": rnn_type, "img_size": 32}
+           "bidirectional": True, "rnn_type": rnn_type, "img_size": 32, "pos_embed": pos_embed}
     model = _perturb(tokenmixers.create_model("sequencer2d_s", **cfg)).double()
     x = torch.randn(2, 3, 24, 40, dtype=torch.float64)
     with torch.no_grad():
         got = model(x)
         expected = _sequencer_forward(model, x, cfg)
+        x32 = torch.randn(1, 3, 32, 32, dtype=torch.float64)  # the position table's own size
+        at_own_size = (model(x32) - _sequencer_forward(model, x32, cfg)).abs().max().item()
     assert got.shape == (2, 5)
     assert (got - expected).abs().max().item() <= 1e-10
+    assert at_own_size <= 1e-10
+    assert (model.pos_embed is not None) == pos_embed
 
 
 # -- configuration and errors ----------------------------------------------------------------

@@ -168,6 +168,20 @@ _add("gru_sequencer2d_s", "sequencer2d", Paper(_SEQ, "2205.01972", params=24_874
      **_SEQ_S, rnn_type="gru")
 _add("rnn_sequencer2d_s", "sequencer2d", Paper(_SEQ, "2205.01972", params=19_320_424),
      **_SEQ_S, rnn_type="rnn")
+# The paper's 1-D baselines (its "vanilla" Sequencer; okojoalg/sequencer
+# vanilla_sequencer.py): one BiLSTM over the flattened raster sequence, 2 * hidden = C wide,
+# no fc, Sequencer2D-S's depths and MLP ratio. VSequencer: patch 14, a constant 16x16 grid at
+# 384 wide (the later stages' 1x1 convolutions keep it); (H): Sequencer2D-S's pyramid;
+# (PE): VSequencer plus a learned absolute position embedding added after the stem.
+_VSEQ = {"layers": (4, 3, 8, 3), "patch_sizes": (14, 1, 1, 1), "embed_dims": (384,) * 4,
+         "hidden_sizes": (192,) * 4, "mlp_ratios": (3.0,) * 4, "union": "flat",
+         "with_fc": False}
+# (Parameter counts: the authors' configurations counted, as for the 2-D ablations above.)
+_add("vsequencer_s", "sequencer2d", Paper(_SEQ, "2205.01972", params=33_016_552), **_VSEQ)
+_add("vsequencer_s_h", "sequencer2d", Paper(_SEQ, "2205.01972", params=27_645_544),
+     **{**_SEQ_S, "hidden_sizes": (96, 192, 192, 192)}, union="flat", with_fc=False)
+_add("vsequencer_s_pe", "sequencer2d", Paper(_SEQ, "2205.01972", params=33_114_856), **_VSEQ,
+     pos_embed=True)
 
 # ---- Vision-LSTM (mLSTM) ---------------------------------------------------------------
 _VIL = "Vision-LSTM: xLSTM as Generic Vision Backbone"

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from tokenmixers.backbones.base import Backbone
+from tokenmixers.backbones.isotropic import GridPosEmbed
 from tokenmixers.blocks import Block
 from tokenmixers.layers import (
     POOLINGS,
@@ -105,6 +106,15 @@ class Stage(nn.Module):
         self.blocks = nn.ModuleList(blocks)
 
 
+def add_grid_pos_embed(pos_embed: GridPosEmbed, x: torch.Tensor) -> torch.Tensor:
+    """``x + pos_embed`` on ``x``'s own grid (``[B, H, W, D]``), resampled where it differs;
+    one node where torch.fx traces at any size (the grid is known only when it runs)."""
+    return pos_embed(x, (int(x.shape[1]), int(x.shape[2])))
+
+
+torch.fx.wrap("add_grid_pos_embed")
+
+
 class HierarchicalBackbone(Backbone):
     """``forward_features``: ``[B, C_in, H, W] -> [B, h, w, C_last]`` (channels-last)."""
 
@@ -128,6 +138,7 @@ class HierarchicalBackbone(Backbone):
         norm_layer: Callable[[int], nn.Module] = partial(nn.LayerNorm, eps=1e-6),
         act_layer: Callable[[], nn.Module] = nn.GELU,
         stem_norm: bool = False,
+        pos_embed: bool = False,
         downsample_norm: bool = False,
         downsample_bias: bool = True,
         mixer_norm: bool | None = None,
@@ -160,6 +171,12 @@ class HierarchicalBackbone(Backbone):
             norm_layer=norm_layer if stem_norm else None,
         )
         self.stem_drop = nn.Dropout(stem_drop_rate)
+        # An absolute position embedding on the stem's grid (Sequencer's VSequencer(PE)),
+        # resampled for other input sizes.
+        self.pos_embed = (
+            GridPosEmbed(self.patch_embed.grid_size(self.img_size), embed_dims[0])
+            if pos_embed else None
+        )
         self.strides = [patch_size]
         for k in downsample_sizes:
             self.strides.append(self.strides[-1] * k)
@@ -219,7 +236,10 @@ class HierarchicalBackbone(Backbone):
     # -- the parts the base class runs -------------------------------------------------
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         x = checked_size(x, self.strides[-1], self.model_name or type(self).__name__)
-        return self.stem_drop(self.patch_embed(x))
+        x = self.patch_embed(x)
+        if self.pos_embed is not None:
+            x = add_grid_pos_embed(self.pos_embed, x)
+        return self.stem_drop(x)
 
     def _feature_units(self) -> nn.ModuleList:
         return self.stages

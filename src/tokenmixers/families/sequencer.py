@@ -12,7 +12,7 @@ from torch import nn
 
 from tokenmixers.backbones import HierarchicalBackbone
 from tokenmixers.families import Family, register_family, rename_keys
-from tokenmixers.init import InitScheme, lecun_layer, xavier_tiny_bias_layer
+from tokenmixers.init import InitScheme, lecun_layer, trunc_normal_002, xavier_tiny_bias_layer
 
 
 def _head_init(head: nn.Linear, *, bias: float) -> None:
@@ -29,6 +29,7 @@ def sequencer_init(head_bias: float = 0.0) -> InitScheme:
         linear=xavier_tiny_bias_layer,
         conv=lecun_layer,
         head=partial(_head_init, bias=head_bias),
+        pos_embed=trunc_normal_002,  # VSequencer(PE)'s, as the authors' code has it
     )
 
 
@@ -53,13 +54,19 @@ def build_sequencer2d(
     drop_path_rate: float = 0.0,
     nlhb: bool = False,
     stem_norm: bool = False,
+    pos_embed: bool = False,
 ) -> HierarchicalBackbone:
     """A Sequencer2D. ``patch_sizes[0]`` is the stem's patch size and ``patch_sizes[i]``
     (i > 0) the kernel and stride of the convolution that starts stage i (1: a 1×1 conv
     that only changes the width). ``hidden_sizes=None``: the BiLSTM2D mixer's own default,
     D = C/4 per stage. ``rnn_type``: ``lstm`` (the paper's models), ``gru`` or
     ``rnn`` (tanh). Drop path ramps linearly over the blocks, as in the paper (timm uses one
-    rate for every block)."""
+    rate for every block).
+
+    The paper's 1-D variants (its "vanilla" Sequencer, VSequencer) are ``union="flat"``:
+    one BiLSTM over the whole grid in raster order, ``2 * hidden = C`` wide, without the fc;
+    ``pos_embed=True`` adds a learned absolute position embedding after the stem, as their
+    VSequencer(PE)."""
     n = len(layers)
     for arg, value in (("patch_sizes", patch_sizes), ("embed_dims", embed_dims),
                        ("hidden_sizes", hidden_sizes), ("mlp_ratios", mlp_ratios)):
@@ -85,6 +92,7 @@ def build_sequencer2d(
         norm_layer=partial(nn.LayerNorm, eps=1e-6),
         act_layer=nn.GELU,
         stem_norm=stem_norm,
+        pos_embed=pos_embed,
         global_pool=global_pool,
         drop_rate=drop_rate,
         proj_drop_rate=proj_drop_rate,

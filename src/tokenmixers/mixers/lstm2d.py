@@ -7,6 +7,11 @@ On the grid seen as ``[B, H, W, C]``, with ``D = hidden_size`` per direction:
     y = fc(cat(v, h))                                      union="cat":  Linear(4D -> C)
     y = fc(v + h)                                          union="add":  Linear(2D -> C)
     y = fc(v) or fc(h)                                     union="vertical" / "horizontal"
+    y = fc(BiLSTM(the whole grid as one sequence, row-major order))       union="flat"
+
+``union="flat"`` is the paper's *vanilla* Sequencer block (its VSequencer models): one
+(Bi)LSTM over the ``H*W`` tokens in raster order, without the 2-D decomposition (held in
+``rnn_h``: a single "row" that is the whole image).
 
 ``bidirectional=False`` halves every 2D above to D; ``with_fc=False`` drops ``fc``, which
 needs the union's width to equal C already. ``rnn_type`` swaps the LSTM cells for GRU or
@@ -25,7 +30,7 @@ from tokenmixers.init import xavier_layer
 from tokenmixers.mixers.base import TokenMixer, mix_on_grid, register_mixer
 
 RNN_TYPES: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
-UNIONS = ("cat", "add", "vertical", "horizontal")
+UNIONS = ("cat", "add", "vertical", "horizontal", "flat")
 
 
 @register_mixer("lstm2d")
@@ -61,7 +66,7 @@ class BiLSTM2DMixer(TokenMixer):
         self.hidden_size = hidden_size
         self.union = union
         self.rnn_type = rnn_type
-        self.with_vertical = union != "horizontal"
+        self.with_vertical = union not in ("horizontal", "flat")
         self.with_horizontal = union != "vertical"
         direction_width = hidden_size * (2 if bidirectional else 1)
         union_width = 2 * direction_width if union == "cat" else direction_width
@@ -106,7 +111,9 @@ class BiLSTM2DMixer(TokenMixer):
         if self.rnn_v is not None:
             cols = x.transpose(1, 2).reshape(b * w, h, c)
             v = self.rnn_v(cols)[0].reshape(b, w, h, -1).transpose(1, 2)
-        if self.rnn_h is not None:
+        if self.union == "flat":  # the whole grid as one raster sequence
+            hz = self.rnn_h(x.reshape(b, h * w, c))[0].reshape(b, h, w, -1)
+        elif self.rnn_h is not None:
             rows = x.reshape(b * h, w, c)
             hz = self.rnn_h(rows)[0].reshape(b, h, w, -1)
         if v is not None and hz is not None:
