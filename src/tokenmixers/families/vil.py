@@ -108,6 +108,7 @@ def build_vil(
     num_classes: int = 1000,
     pooling: str | None = None,
     direction: str = "alternate",
+    conv: str | None = None,
     drop_path_rate: float = 0.0,
     drop_rate: float = 0.0,
     backend: str = "auto",
@@ -118,7 +119,10 @@ def build_vil(
     top-left, then bottom-right), ``bilateral_concat`` pooling; its 3x3 convolution runs on
     the actual input grid, so any resolution works. ``stride < patch_size`` gives
     overlapping patches; ``backend`` picks the mLSTM form (``auto``, ``parallel``,
-    ``chunkwise``, ``recurrent``, ``kernels``)."""
+    ``chunkwise``, ``recurrent``, ``kernels``). ``conv`` overrides the version's
+    convolution before q and k (``causal1d``: v1's, ``2d``: v2's), and ``direction`` the
+    scan orders (``alternate``: ViL's; ``unidirectional``, ``bidirectional``, ``quad``), for
+    the paper's block-design ablations."""
     if version not in _VERSIONS:
         raise ValueError(f"version must be 1 or 2, got {version!r}")
     default_depth, default_pooling = _VERSIONS[version]
@@ -131,7 +135,7 @@ def build_vil(
     check_backend(backend, what="backend")
     v2 = version == 2
     common = {
-        "conv": "2d" if v2 else "causal1d",
+        "conv": conv or ("2d" if v2 else "causal1d"),
         "bias": v2,
         "norm_bias": v2,
         "cls_position": "middle" if pooling == "cls_middle" else "first",

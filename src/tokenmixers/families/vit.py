@@ -37,6 +37,7 @@ def build_vit(
     mlp_ratio: float = 4.0,
     qkv_bias: bool = True,
     class_token: bool = True,
+    pos_embed: str = "learn",
     no_embed_class: bool = False,
     fc_norm: bool | None = None,
     dynamic_img_size: bool = True,
@@ -48,9 +49,14 @@ def build_vit(
 ) -> IsotropicBackbone:
     """A Vision Transformer. ``dynamic_img_size=True`` (our default, unlike timm's) runs any
     input size the patch size divides by resampling the position embedding exactly as timm
-    does. ``fc_norm=None`` follows timm: the final norm moves after pooling for ``avg``."""
+    does. ``fc_norm=None`` follows timm: the final norm moves after pooling for ``avg``.
+    ``pos_embed``: timm's ``"learn"`` or ``"none"`` (no position embedding: ViT's Appendix
+    D.4 ablation)."""
     if global_pool == "token" and not class_token:
         raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg'")
+    if pos_embed not in ("learn", "none", ""):
+        raise ValueError(f"pos_embed={pos_embed!r}: expected 'learn' (ViT's learned position "
+                         "embedding) or 'none' (no position embedding)")
     if fc_norm is None:
         fc_norm = global_pool in ("avg", "max")
     model = IsotropicBackbone(
@@ -65,7 +71,7 @@ def build_vit(
         depth=depth,
         mlp_ratio=mlp_ratio,
         class_token=class_token,
-        pos_embed="learned",
+        pos_embed="learned" if pos_embed == "learn" else "none",
         no_embed_class=no_embed_class,
         dynamic_img_size=dynamic_img_size,
         global_pool=global_pool,
