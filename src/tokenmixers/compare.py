@@ -155,9 +155,9 @@ TUNABLE: dict[str, tuple[float, ...]] = {
 #: Options of a comparison that may change on ``--resume``: they add or drop whole runs
 #: (models, seeds, training fractions) or touch no result (printing, threads, the
 #: throughput benchmark, which is measured again when its options change).
-RESUME_FREE = frozenset({"models", "mixers", "seeds", "train_fractions", "progress", "threads",
-                         "resume", "overwrite", "out", "bench", "bench_sizes",
-                         "bench_batch_size"})
+RESUME_FREE = frozenset({"models", "mixers", "variants", "seeds", "train_fractions",
+                         "progress", "threads", "resume", "overwrite", "out", "bench",
+                         "bench_sizes", "bench_batch_size"})
 
 #: What a comparison writes at the top of its folder (``--overwrite`` removes these and the
 #: run folders).
@@ -171,6 +171,9 @@ class CompareConfig:
     models: tuple[str, ...] | None = None
     #: registered mixers, in a shared skeleton (default: all of them)
     mixers: tuple[str, ...] | None = None
+    #: named models compared as given, instead of ``models``/``mixers`` (the ablation study):
+    #: each ``{"key", "label", "mixer", "model", "overrides"}``, an :class:`Entry`'s fields
+    variants: tuple[dict[str, Any], ...] = ()
     budget: str = "small"
     skeleton: str = "native"
     epochs: int | None = None
@@ -253,6 +256,9 @@ def _check(cfg: CompareConfig) -> None:
                 f"(choose from {', '.join(FAMILIES)}; a token mixer in a shared skeleton is "
                 "--skeleton isotropic --mixers NAME)"
             )
+    if cfg.variants and (cfg.models or cfg.mixers is not None):
+        raise ValueError("variants name their models themselves: give no --models or --mixers "
+                         "with them")
     if cfg.mixers is not None:
         if cfg.skeleton == "native":
             raise ValueError(
@@ -307,6 +313,9 @@ def _check(cfg: CompareConfig) -> None:
 
 def entries(cfg: CompareConfig) -> list[Entry]:
     """The models ``cfg`` compares, in order."""
+    if cfg.variants:
+        return [Entry(v["key"], v["label"], v["mixer"], v["model"], dict(v["overrides"]))
+                for v in cfg.variants]
     if cfg.skeleton == "native" or cfg.models:
         out = []
         for fam in cfg.models or tuple(FAMILIES):

@@ -8,7 +8,9 @@ reuses) its models through :mod:`tokenmixers.compare`, so it shares its seeds, r
 - ``resolution`` (:mod:`tokenmixers.studies.resolution`): trained at one size, tested from
   half to twice it, with throughput and memory per size;
 - ``long-range`` (:mod:`tokenmixers.studies.long_range`): Pathfinder at each difficulty,
-  and which mixers rise above chance.
+  and which mixers rise above chance;
+- ``ablations`` (:mod:`tokenmixers.studies.ablations`): the papers' own ablations per
+  family, with the paper's finding next to ours.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from typing import Any
 
 def add_parser(sub: Any) -> None:
     """``tokenmixers study ...``."""
-    from tokenmixers.studies import erf, long_range, resolution
+    from tokenmixers.studies import ablations, erf, long_range, resolution
 
     p = sub.add_parser("study", help="the papers' questions as one-command studies with a "
-                       "report (erf, resolution, long-range)")
+                       "report (erf, resolution, long-range, ablations)")
     studies = p.add_subparsers(dest="study", required=True, metavar="STUDY")
     erf.add_parser(studies)
     resolution.add_parser(studies)
     long_range.add_parser(studies)
+    ablations.add_parser(studies)

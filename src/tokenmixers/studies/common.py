@@ -55,12 +55,13 @@ def summarize_or_none(values: list[float | None]) -> Summary | None:
 
 
 def add_common_options(p: Any, *, default_mixers: str = "every registered mixer",
-                       data: bool = True) -> None:
+                       data: bool = True, mixers: bool = True) -> None:
     if data:
         p.add_argument("--data", default="mnist5k", help="dataset (default mnist5k)")
-    p.add_argument("--mixers", default=None,
-                   help=f"comma-separated registered mixers (default: {default_mixers}; "
-                        "tokenmixers mixers lists them)")
+    if mixers:
+        p.add_argument("--mixers", default=None,
+                       help=f"comma-separated registered mixers (default: {default_mixers}; "
+                            "tokenmixers mixers lists them)")
     p.add_argument("--seeds", type=int, default=None,
                    help="training runs per model (default: compare's, 2)")
     p.add_argument("--epochs", type=int, default=None, help="default: compare's small budget")
@@ -76,7 +77,8 @@ def add_common_options(p: Any, *, default_mixers: str = "every registered mixer"
 
 def compare_config(args: Any, out: Path, **fixed: Any) -> CompareConfig:
     """The comparison a study trains through, from the common options, in ``out/compare``."""
-    mixers = None if args.mixers is None else tuple(split_list(args.mixers))
+    given = getattr(args, "mixers", None)
+    mixers = None if given is None else tuple(split_list(given))
     options: dict[str, Any] = dict(
         data=getattr(args, "data", "mnist5k"), mixers=mixers, skeleton="isotropic",
         budget=args.budget,
