@@ -41,6 +41,16 @@ def test_same_seed_same_bytes_different_seed_different_images() -> None:
     assert (np.random.get_state()[1] == state).all()
 
 
+def test_parallel_chunks_give_the_same_images_as_one_process(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # chunks of 16 images (the smallest), so 40 images are three chunks in two processes
+    monkeypatch.setattr(pf, "CHUNK_PIXELS", 16 * 32 * 32)
+    one = pf.generate(32, "easy", 40, seed=2, workers=1)
+    two = pf.generate(32, "easy", 40, seed=2, workers=2)
+    assert one.images.tobytes() == two.images.tobytes()
+    assert (one.labels == two.labels).all()
+
+
 def test_labels_balanced(hard32: pf.PathfinderImages) -> None:
     # §7: the label is a fair coin per image
     assert 0.45 <= hard32.labels.mean() <= 0.55

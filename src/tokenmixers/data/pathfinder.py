@@ -45,7 +45,9 @@ from __future__ import annotations
 
 import functools
 import math
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,7 +57,7 @@ from torch.utils.data import Dataset
 from tokenmixers._files import atomic_path
 
 #: Bump when the images a seed gives change: cached files carry it in their names.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: chunks of 2^20 pixels (1: 2^24), generated in parallel
 
 #: Difficulty -> contour length N (dashes per target snake), §10.1. ``inter`` is LRA's task
 #: name for the intermediate level.
@@ -84,7 +86,7 @@ SPARE = 0.1
 #: Target pairs: links taken back (depth-first) before the pair is thrown away and regrown.
 BACKTRACKS = 200
 #: Pixels per chunk of images generated together (bounds memory; fixes the RNG streams).
-CHUNK_PIXELS = 1 << 24
+CHUNK_PIXELS = 1 << 20
 #: The supersampling of the optional path masks (see :func:`generate`).
 MASK_SCALE = 4
 
@@ -662,11 +664,13 @@ def _generate_chunk(p: SizeParams, contour_length: int, n: int, rng: np.random.G
 
 
 def generate(size: int, difficulty: str = DEFAULT_LEVEL, count: int = 1000, seed: int = 0, *,
-             details: bool = False) -> PathfinderImages:
+             details: bool = False, workers: int | None = None) -> PathfinderImages:
     """``count`` Pathfinder images of ``size`` px at ``difficulty`` (easy, intermediate,
     hard), a function of ``(size, difficulty, count, seed)`` alone (numpy ``Generator``s
-    spawned from ``seed``, one per chunk of images). ``details`` adds the markers, target
-    path masks and geometry (see :class:`PathfinderImages`)."""
+    spawned from ``seed``, one per chunk of :data:`CHUNK_PIXELS` pixels). ``details`` adds
+    the markers, target path masks and geometry (see :class:`PathfinderImages`). The chunks
+    run in ``workers`` processes (default: one per CPU this process may use), which does not
+    change the images."""
     if size not in PARAMS:
         raise ValueError(f"Pathfinder size {size}: choose from {', '.join(map(str, SIZES))}")
     if count < 1:
@@ -676,10 +680,30 @@ def generate(size: int, difficulty: str = DEFAULT_LEVEL, count: int = 1000, seed
     per_chunk = max(16, CHUNK_PIXELS // (size * size))
     chunks = -(-count // per_chunk)
     seqs = np.random.SeedSequence([seed, size, contour_length]).spawn(chunks)
-    parts = [_generate_chunk(p, contour_length, min(per_chunk, count - i * per_chunk),
-                             np.random.default_rng(seq), details)
-             for i, seq in enumerate(seqs)]
+    jobs = [(p, contour_length, min(per_chunk, count - i * per_chunk), seq, details)
+            for i, seq in enumerate(seqs)]
+    workers = min(chunks, _cpus()) if workers is None else max(1, min(workers, chunks))
+    if workers > 1 and not multiprocessing.current_process().daemon:
+        # The chunks are independent (each its own spawned seed): the same images whatever
+        # the number of workers. "spawn": safe beside torch's threads and in any caller.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            parts = list(pool.map(_chunk_job, jobs))
+    else:
+        parts = [_chunk_job(job) for job in jobs]
     return _concat(parts)
+
+
+def _chunk_job(job: tuple) -> PathfinderImages:
+    p, contour_length, n, seq, details = job
+    return _generate_chunk(p, contour_length, n, np.random.default_rng(seq), details)
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _concat(parts: list[PathfinderImages]) -> PathfinderImages:
