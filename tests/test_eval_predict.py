@@ -134,6 +134,13 @@ def test_predict_on_png_files(runs: dict[str, Path], tmp_path: Path,
     assert main(["predict", "--checkpoint", str(runs["vit"]), str(files[0])]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(str(files[0]) + ": ") and line.count("(") == 5  # top-5 default
+    # bf16 autocast on the CPU: the same top class, probabilities close to float32's
+    assert main(["predict", "--checkpoint", str(runs["mixer"]), "--amp", "bf16", "--topk",
+                 "3", "--json", "-", *map(str, files)]) == 0
+    low = json.loads(capsys.readouterr().out)
+    for full, half in zip(results, low):
+        assert half["top"][0]["class"] == full["top"][0]["class"]
+        assert abs(half["top"][0]["prob"] - full["top"][0]["prob"]) < 0.05
     (tmp_path / "not_an_image.png").write_text("hello")
     assert main(["predict", "--checkpoint", str(runs["vit"]),
                  str(tmp_path / "not_an_image.png")]) == 2

@@ -253,9 +253,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from tokenmixers.evaluate import load_checkpoint_model, predict_files
+    from tokenmixers.train.distributed import pick_device
 
     loaded = load_checkpoint_model(args.checkpoint)
-    results = predict_files(loaded, args.images, topk=args.topk, img_size=args.img_size)
+    results = predict_files(loaded, args.images, topk=args.topk, img_size=args.img_size,
+                            device=pick_device(args.device), amp=args.amp)
     lines = []
     for r in results:
         tops = ", ".join(f"{t['class']} ({t['prob']:.3f})" for t in r["top"])
@@ -378,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--img-size", type=int, help="input size (default: the model's)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=AMP_CHOICES, default="none",
+                   help="mixed precision (bf16 runs on CPU too)")
     p.add_argument("--json", metavar="PATH", help="also write JSON ('-': print JSON only)")
     p.set_defaults(func=cmd_predict)
 

@@ -215,13 +215,17 @@ def read_image(path: str | Path, in_chans: int,
 
 @torch.no_grad()
 def predict_files(loaded: LoadedModel, files: Sequence[str | Path], *, topk: int = 5,
-                  img_size: int | None = None) -> list[dict[str, Any]]:
+                  img_size: int | None = None, device: torch.device | str = "cpu",
+                  amp: str = "none") -> list[dict[str, Any]]:
     """Top-k classes and probabilities for each image file, read by :func:`read_image`
-    (the image folder's conversions, each kind reported once)."""
+    (the image folder's conversions, each kind reported once), on ``device`` under ``amp``
+    (``bf16`` works on CPU too; probabilities are computed in float32)."""
     from tokenmixers.data import eval_transform
     from tokenmixers.data.folder import ConversionReport
+    from tokenmixers.precision import autocast
 
-    model = loaded.model
+    device = torch.device(device)
+    model = loaded.model.to(device)
     in_chans = model.patch_embed.in_chans
     size = img_size or model.img_size[0]
     tf = eval_transform(size, in_chans, loaded.mean, loaded.std, crop_pct=loaded.crop_pct)
@@ -232,7 +236,8 @@ def predict_files(loaded: LoadedModel, files: Sequence[str | Path], *, topk: int
     for file in files:
         path = Path(file)
         img = read_image(path, in_chans, report)
-        logits = model(tf(img)[None])
+        with autocast(device, amp):
+            logits = model(tf(img)[None].to(device)).float()
         if not torch.isfinite(logits).all():
             raise NonFiniteOutputError(
                 f"{loaded.path}: the model's outputs are NaN or infinite for {path}, so no "
