@@ -22,7 +22,7 @@ from tokenmixers.studies.ablations import (
     variants,
     verdict,
 )
-from tokenmixers.zoo import ZOO, _arguments
+from tokenmixers.zoo import resolved_arguments
 
 ZOO_ABLATIONS = [(f, a) for f, spec in ABLATIONS.items() for a in spec.ablations if a.zoo]
 
@@ -33,7 +33,7 @@ def test_zoo_ablation_is_the_paper_model_with_the_change(family: str, ablation) 
     name, over, full = family_args(family, "paper")
     assert over == {}
     # the zoo entry's full argument set is the paper model's with the ablation's change
-    assert _arguments(ZOO[ablation.zoo]) == _arguments(ZOO[name], change_of(ablation, full))
+    assert resolved_arguments(ablation.zoo) == resolved_arguments(name, change_of(ablation, full))
     row = next(v for v in variants(family, "paper") if v["key"] == ablation.key)
     assert row["model"] == ablation.zoo and row["overrides"] == {}
 

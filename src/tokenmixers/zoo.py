@@ -437,6 +437,12 @@ def model_arguments(name: str) -> list[str]:
     return [p for p in inspect.signature(build).parameters if p not in fixed]
 
 
+def resolved_arguments(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every argument ``create_model(name, **overrides)`` builds with: the family builder's
+    defaults, the entry's configuration, then ``overrides``."""
+    return _arguments(get_spec(name), overrides)
+
+
 def create_model(
     name: str,
     *,

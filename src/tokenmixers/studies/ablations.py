@@ -216,10 +216,10 @@ CAPTIONS = {
 def family_args(family: str, budget: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """(zoo name, overrides, full arguments) of ``family``'s baseline at ``budget``."""
     from tokenmixers.compare import FAMILIES
-    from tokenmixers.zoo import _arguments, get_spec
+    from tokenmixers.zoo import resolved_arguments
 
     name, over = FAMILIES[family].native[budget]
-    return name, dict(over), _arguments(get_spec(name), over)
+    return name, dict(over), resolved_arguments(name, over)
 
 
 def change_of(ablation: Ablation, full: dict[str, Any]) -> dict[str, Any]:
