@@ -27,6 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tokenmixers.studies.common import (
+    add_common_options,
+    compare_config,
+    eval_row,
+    records,
+    run_study,
+    summarize_or_none,
+    summary_text,
+    top1_at,
+)
 from tokenmixers.text import did_you_mean, split_list
 
 Change = dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]]
@@ -261,11 +271,7 @@ def parse_families(text: str) -> list[str]:
 
 
 def _hits(recs: list[dict[str, Any]], size: int) -> list[list[int]]:
-    out = []
-    for r in recs:
-        row = next(e for e in r["eval"] if e["img_size"] == size)
-        out.append([int(c) for c in row["correct"]])
-    return out
+    return [[int(c) for c in eval_row(r, size)["correct"]] for r in recs]
 
 
 def verdict(low: float, high: float) -> str:
@@ -286,11 +292,12 @@ def agreement(expect: str | None, ours: str) -> str:
     return "agree" if ours == expect else "disagree"
 
 
-def _family_rows(family: str, cfg: Any, size: int) -> list[dict[str, Any]]:
+def _family_rows(family: str, recs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The table of one family from its runs' records (by variant key): the baseline, then
+    each ablation against it, at the training size."""
     from tokenmixers.stats import holm, paired_bootstrap
-    from tokenmixers.studies.common import records, summarize_or_none, top1_at
 
-    recs = records(cfg)
+    size = recs["baseline"][0]["train_size"]
     base_hits = _hits(recs["baseline"], size)
     spec = ABLATIONS[family]
     rows: list[dict[str, Any]] = [{
@@ -352,7 +359,6 @@ def _plot(table: dict[str, list[dict[str, Any]]], out: Path) -> None:
 def study_ablations(args: Any, out: Path, progress: Any = print) -> dict[str, Any]:
     from tokenmixers.compare import compare
     from tokenmixers.report import render_report
-    from tokenmixers.studies.common import compare_config, records
 
     t0 = time.perf_counter()
     families = parse_families(args.family)
@@ -362,8 +368,7 @@ def study_ablations(args: Any, out: Path, progress: Any = print) -> dict[str, An
                              variants=tuple(variants(family, args.budget)))
         progress(f"== ablations of {family}: {len(cfg.variants)} models")
         compare(cfg, progress=progress)
-        size = next(iter(records(cfg).values()))[0]["train_size"]
-        table[family] = _family_rows(family, cfg, size)
+        table[family] = _family_rows(family, records(cfg))
     _plot(table, out)
     (out / "ablations.json").write_text(json.dumps(
         {f: [{k: (v.__dict__ if k == "summary" and v else v) for k, v in r.items()}
@@ -382,8 +387,6 @@ def _change_text(row: dict[str, Any], base: dict[str, Any]) -> str:
 
 def _report(table: dict[str, list[dict[str, Any]]], out: Path, *, args: Any, wall: float,
             render: Any) -> None:
-    from tokenmixers.studies.common import summary_text
-
     blocks: list[tuple[Any, ...]] = [
         ("p", f"The papers' ablations on {args.data}, {args.budget} budget: each family's "
               "baseline and its ablations trained by tokenmixers compare with one recipe and "
@@ -444,8 +447,6 @@ def _finding(table: dict[str, list[dict[str, Any]]]) -> str:
 
 
 def add_parser(studies: Any) -> None:
-    from tokenmixers.studies.common import add_common_options
-
     p = studies.add_parser("ablations", help="the papers' ablations per family, with the "
                            "paper's finding next to ours")
     add_common_options(p, mixers=False)
@@ -457,7 +458,5 @@ def add_parser(studies: Any) -> None:
 
 def _cmd(args: Any) -> int:
     parse_families(args.family)  # a bad name fails before any training
-    out = Path(args.out or f"runs/study-ablations-{args.data.split(':')[0]}")
-    result = study_ablations(args, out)
-    print(f"report: {result['out'] / 'report.md'} and {result['out'] / 'report.html'}")
-    return 0
+    return run_study(args, f"runs/study-ablations-{args.data.split(':')[0]}",
+                     lambda out: study_ablations(args, out))

@@ -4,6 +4,7 @@ command-line options every study takes."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +25,24 @@ def records(cfg: CompareConfig) -> dict[str, list[dict[str, Any]]]:
     return found
 
 
+def eval_row(record: dict[str, Any], size: int) -> dict[str, Any] | None:
+    """One run's test-split row at ``size`` (``top1``, ``correct``, or ``error`` where the
+    model cannot take that size); None where the run was not evaluated at ``size``."""
+    return next((row for row in record["eval"] if row["img_size"] == size), None)
+
+
 def top1_at(record: dict[str, Any], size: int) -> float | None:
     """Test top-1 of one run at ``size``; None where the model cannot take that size."""
-    for row in record["eval"]:
-        if row["img_size"] == size:
-            return None if "error" in row else float(row["top1"])
-    return None
+    row = eval_row(record, size)
+    return None if row is None or "error" in row else float(row["top1"])
 
 
 def refusal(record: dict[str, Any], size: int) -> str | None:
     """Why the model cannot take ``size`` (its own error's first sentence), or None."""
-    for row in record["eval"]:
-        if row["img_size"] == size and "error" in row:
-            return str(row["error"]).splitlines()[0].split(". ")[0]
-    return None
+    row = eval_row(record, size)
+    if row is None or "error" not in row:
+        return None
+    return str(row["error"]).splitlines()[0].split(". ")[0]
 
 
 def summary_text(s: Summary | None, fmt: str = ".1f") -> str:
@@ -88,3 +93,11 @@ def compare_config(args: Any, out: Path, **fixed: Any) -> CompareConfig:
         progress=args.progress, bench=False)
     options.update(fixed)
     return CompareConfig(**options)
+
+
+def run_study(args: Any, default_out: str, study: Callable[[Path], dict[str, Any]]) -> int:
+    """A study command's tail: run ``study`` into ``--out`` (or ``default_out``) and say where
+    its report is."""
+    result = study(Path(args.out or default_out))
+    print(f"report: {result['out'] / 'report.md'} and {result['out'] / 'report.html'}")
+    return 0

@@ -20,7 +20,7 @@ import torch
 
 from tokenmixers.compare import CompareConfig, compare, entries, final_weights, run_name, seeds
 from tokenmixers.erf import ERF, erf_map, erf_stats
-from tokenmixers.studies.common import add_common_options, compare_config
+from tokenmixers.studies.common import add_common_options, compare_config, run_study
 from tokenmixers.zoo import create_model
 
 CAPTIONS = {
@@ -184,7 +184,5 @@ def add_parser(studies: Any) -> None:
 def _cmd(args: Any) -> int:
     if args.images < 1:
         raise ValueError(f"--images {args.images}: expected at least 1")
-    out = Path(args.out or f"runs/study-erf-{args.data.split(':')[0]}")
-    result = study_erf(compare_config(args, out), images=args.images)
-    print(f"report: {result['out'] / 'report.md'} and {result['out'] / 'report.html'}")
-    return 0
+    return run_study(args, f"runs/study-erf-{args.data.split(':')[0]}",
+                     lambda out: study_erf(compare_config(args, out), images=args.images))

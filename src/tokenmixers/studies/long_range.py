@@ -22,7 +22,9 @@ from tokenmixers.stats import holm
 from tokenmixers.studies.common import (
     add_common_options,
     compare_config,
+    eval_row,
     records,
+    run_study,
     summarize_or_none,
     summary_text,
     top1_at,
@@ -41,8 +43,7 @@ def _correct_counts(recs: list[dict[str, Any]], size: int) -> tuple[int, int]:
     """(correct, total) test answers at ``size``, summed over the runs (seeds)."""
     correct = total = 0
     for r in recs:
-        row = next(e for e in r["eval"] if e["img_size"] == size)
-        answers = row.get("correct", "")
+        answers = eval_row(r, size).get("correct", "")
         correct += answers.count("1")
         total += len(answers)
     return correct, total
@@ -194,7 +195,5 @@ def add_parser(studies: Any) -> None:
 
 
 def _cmd(args: Any) -> int:
-    out = Path(args.out or f"runs/study-long-range-{args.size}")
-    result = study_long_range(args, out)
-    print(f"report: {result['out'] / 'report.md'} and {result['out'] / 'report.html'}")
-    return 0
+    return run_study(args, f"runs/study-long-range-{args.size}",
+                     lambda out: study_long_range(args, out))

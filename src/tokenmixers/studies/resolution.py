@@ -26,6 +26,7 @@ from tokenmixers.studies.common import (
     compare_config,
     records,
     refusal,
+    run_study,
     summarize_or_none,
     summary_text,
     top1_at,
@@ -201,7 +202,5 @@ def add_parser(studies: Any) -> None:
 
 
 def _cmd(args: Any) -> int:
-    out = Path(args.out or f"runs/study-resolution-{args.data.split(':')[0]}")
-    result = study_resolution(args, out)
-    print(f"report: {result['out'] / 'report.md'} and {result['out'] / 'report.html'}")
-    return 0
+    return run_study(args, f"runs/study-resolution-{args.data.split(':')[0]}",
+                     lambda out: study_resolution(args, out))
