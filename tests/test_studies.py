@@ -73,3 +73,21 @@ def test_study_long_range_end_to_end(tmp_path: Path) -> None:
     md = (out / "report.md").read_text()
     assert "above chance: hard" in md and "samples.png" in md
     assert (out / "samples.png").stat().st_size > 1000
+
+
+def test_long_range_image_counts_follow_the_budget() -> None:
+    from argparse import Namespace
+
+    from tokenmixers.data.pathfinder import DEFAULT_COUNTS, parse_spec
+    from tokenmixers.studies.long_range import SMALL_IMAGES, image_counts
+
+    def counts(budget: str, train: int | None = None, test: int | None = None):
+        return image_counts(Namespace(budget=budget, train_images=train, test_images=test))
+
+    assert counts("small") == SMALL_IMAGES
+    assert counts("small", 500) == (500, SMALL_IMAGES[1])
+    assert counts("paper") == (None, None)  # the data's own
+    assert counts("paper", None, 300) == (None, 300)
+    assert SMALL_IMAGES[0] < DEFAULT_COUNTS[32][0]
+    spec = parse_spec("pathfinder32", f"hard:n={SMALL_IMAGES[0]}:test={SMALL_IMAGES[1]}")
+    assert (spec.train, spec.test) == SMALL_IMAGES

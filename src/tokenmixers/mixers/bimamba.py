@@ -136,18 +136,28 @@ def _readout(h: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
 
 def _recurrent_forward(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-    D: torch.Tensor, starts: list[torch.Tensor | None] | None = None,
+    D: torch.Tensor,
 ) -> torch.Tensor:
-    """The scan block by block; ``starts`` (if given) collects each block's start state."""
+    """The scan block by block."""
     y = torch.empty_like(u)
     state = None
     for s, e in _blocks(u, A.shape[-1]):
-        if starts is not None:
-            starts.append(state)
         _, h = _block_states(u, delta, A, B, state, s, e)
         y[:, s:e] = _readout(h, C[:, s:e])
         state = h[-1]
     return y.addcmul_(u, _steps_D(D))
+
+
+def _block_starts(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+    blocks: list[tuple[int, int]],
+) -> list[torch.Tensor | None]:
+    """Each block's start state (None: zero), the recurrence run over every block but the
+    last, without the read-out: nothing to recompute when the sequence is one block."""
+    starts: list[torch.Tensor | None] = [None]
+    for s, e in blocks[:-1]:
+        starts.append(_block_states(u, delta, A, B, starts[-1], s, e)[1][-1].clone())
+    return starts
 
 
 class _RecurrentScan(torch.autograd.Function):
@@ -163,13 +173,13 @@ class _RecurrentScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor, ...]:
         u, delta, A, B, C, D = ctx.saved_tensors
-        starts: list[torch.Tensor | None] = []
-        _recurrent_forward(u, delta, A, B, C, D, starts)  # each block's start state
+        blocks = _blocks(u, A.shape[-1])
+        starts = _block_starts(u, delta, A, B, blocks)
         g_u, g_delta = torch.empty_like(u), torch.empty_like(delta)
         g_B, g_C = torch.empty_like(B), torch.empty_like(C)
         g_A = torch.zeros_like(A)
         carry = None  # exp(Δ_e A) ⊙ dL/dh_e from the block after this one
-        for (s, e), start in reversed(list(zip(_blocks(u, A.shape[-1]), starts))):
+        for (s, e), start in reversed(list(zip(blocks, starts))):
             decay, h = _block_states(u, delta, A, B, start, s, e)
             gy_t = gy[:, s:e].transpose(0, 1)  # [T, B, D]
             dt, u_t = delta[:, s:e].transpose(0, 1), u[:, s:e].transpose(0, 1)
