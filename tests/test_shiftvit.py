@@ -195,3 +195,38 @@ def test_block_topology_and_norm() -> None:
     assert isinstance(model.stages[0].downsample, torch.nn.Identity)
     assert model.stages[1].downsample.conv.bias is None
     assert [s.blocks[0].mlp.fc1.out_features for s in model.stages] == [32, 64, 128, 256]  # tau = 2
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 4, 6), (1, 5, 4, 6), (2, 7, 6)])
+def test_group_norm1_is_nn_group_norm_channels_last(shape: tuple[int, ...]) -> None:
+    """Every path of GroupNorm1 (the fused layer_norm with the affine expanded, the affine
+    after the norm when training at batch 1, the channels-first form under jit tracing)
+    equals nn.GroupNorm(1, C) on the channels-first tensor, values and gradients."""
+    from tokenmixers.layers import GroupNorm1
+
+    torch.manual_seed(0)
+    c = shape[-1]
+    ours, ref = GroupNorm1(c), torch.nn.GroupNorm(1, c)
+    with torch.no_grad():
+        for p in (*ours.parameters(), *ref.parameters()):
+            p.copy_(torch.randn_like(p))
+        ref.load_state_dict(ours.state_dict())
+    x = torch.randn(shape, dtype=torch.float64) * 3 + 1
+    ours, ref = ours.double(), ref.double()
+    xo, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    want = ref(xr.movedim(-1, 1)).movedim(1, -1)
+    got = ours(xo)
+    assert got.shape == x.shape and torch.allclose(got, want, atol=1e-12)
+    g = torch.randn_like(want)
+    want.backward(g)
+    got.backward(g)
+    assert torch.allclose(xo.grad, xr.grad, atol=1e-10)
+    assert torch.allclose(ours.weight.grad, ref.weight.grad, atol=1e-10)
+    assert torch.allclose(ours.bias.grad, ref.bias.grad, atol=1e-10)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), want, atol=1e-12)
+    traced = torch.jit.trace(ours, (x,), check_trace=False)
+    assert torch.allclose(traced(x), want, atol=1e-12)
+    plain = GroupNorm1(c, affine=False).double()
+    assert torch.allclose(plain(x), torch.nn.GroupNorm(1, c, affine=False).double()(
+        x.movedim(-1, 1)).movedim(1, -1), atol=1e-12)
