@@ -17,18 +17,23 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from vil_scaling import cpu_name  # the sibling scripts (this folder is on sys.path)
-from vs_reference import fmt_ratio, interleaved, make_step, parse_list, summarize
+from vs_reference import (
+    add_timing_options,
+    check_timing_options,
+    fmt_ratio,
+    interleaved,
+    make_step,
+    parse_list,
+    run_worker,
+    summarize,
+)
 
 MODELS = ("vit_small_patch16_224", "mixer_s16_224", "shiftvit_tiny", "vil_tiny",
           "sequencer2d_s")
-MODES = ("infer", "train")
-
 
 def worker(name: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
     import torch
@@ -68,17 +73,9 @@ def worker(name: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--batches", default="8")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--modes", default="infer,train")
-    parser.add_argument("--json", help="also write the results (all timings) to this file")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    add_timing_options(parser, models=",".join(MODELS), batches="8")
     args = parser.parse_args()
-    args.modes = parse_list(args.modes, "--modes", MODES)
-    if args.rounds < 1:
-        raise SystemExit(f"--rounds {args.rounds}: expected a positive number of rounds")
+    check_timing_options(args)
     if args.worker:
         name, batch = args.worker.split(",")
         print(json.dumps(worker(name, int(batch), args)))
@@ -86,10 +83,6 @@ def main() -> None:
     import torch
 
     models = parse_list(args.models, "--models")
-    try:
-        batches = [int(b) for b in parse_list(args.batches, "--batches")]
-    except ValueError:
-        raise SystemExit(f"--batches {args.batches!r}: expected batch sizes such as 8,1") from None
     header = (f"torch {torch.__version__}, {cpu_name()}, {os.cpu_count()} cores, "
               f"{args.threads} threads, 224px, "
               f"{datetime.datetime.now().isoformat(timespec='minutes')}; ABBA, {args.rounds} "
@@ -101,14 +94,8 @@ def main() -> None:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     results = []
     for name in models:
-        for batch in batches:
-            cmd = [sys.executable, __file__, "--worker", f"{name},{batch}", "--rounds",
-                   str(args.rounds), "--threads", str(args.threads), "--modes",
-                   ",".join(args.modes)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode:
-                raise SystemExit(f"{name} batch {batch} failed:\n{proc.stderr[-3000:]}")
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
+        for batch in args.batches:
+            r = run_worker(__file__, name, batch, args)
             results.append(r)
             g32, g16 = r["matmul_gflops"]
             lines.append("| " + " | ".join([

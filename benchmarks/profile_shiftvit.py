@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from vil_scaling import cpu_name  # the sibling scripts (this folder is on sys.path)
-from vs_reference import build_pair, make_step
+from vs_reference import REFERENCES, build_pair, make_step, parse_batches, parse_list
 
 #: part -> the module class names (ours, the reference's) whose forward it is
 PARTS = {
@@ -125,8 +125,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"# profile_shiftvit.py, {datetime.date.today()}, torch {torch.__version__}, "
           f"{args.threads} threads, {cpu_name()}\n")
-    for name in args.models.split(","):
-        for batch in (int(b) for b in args.batches.split(",")):
+    models = parse_list(args.models, "--models",
+                        tuple(m for m in REFERENCES if m.startswith("shiftvit")))
+    for name in models:
+        for batch in parse_batches(args.batches):
             ref, ours = build_pair(name)
             x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1))
             # alternated, so drift hits both sides alike

@@ -190,15 +190,20 @@ def worker(name: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def run_cell(name: str, batch: int, args: argparse.Namespace, check: bool) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--worker", f"{name},{batch}", "--rounds", str(args.rounds),
-           "--threads", str(args.threads), "--modes", ",".join(args.modes)]
-    if check:
-        cmd.append("--check")
+def run_worker(script: str, name: str, batch: int, args: argparse.Namespace,
+               *extra: str) -> dict[str, Any]:
+    """``script --worker name,batch`` in a fresh process with this run's rounds, threads and
+    modes (and ``extra`` options); the JSON its last output line holds."""
+    cmd = [sys.executable, script, "--worker", f"{name},{batch}", "--rounds", str(args.rounds),
+           "--threads", str(args.threads), "--modes", ",".join(args.modes), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"{name} batch {batch} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_cell(name: str, batch: int, args: argparse.Namespace, check: bool) -> dict[str, Any]:
+    return run_worker(__file__, name, batch, args, *(["--check"] if check else []))
 
 
 def table(results: list[dict[str, Any]], modes: list[str], check: bool) -> str:
@@ -226,31 +231,48 @@ def parse_list(value: str, option: str, allowed: tuple[str, ...] | None = None) 
     return items
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=",".join(REFERENCES))
-    parser.add_argument("--batches", default="8,1")
+def add_timing_options(parser: argparse.ArgumentParser, *, models: str, batches: str) -> None:
+    """The options every fresh-process ABBA benchmark here takes (``--worker`` is internal)."""
+    parser.add_argument("--models", default=models)
+    parser.add_argument("--batches", default=batches)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--modes", default="infer,train")
-    parser.add_argument("--check", action="store_true",
-                        help="perturb the weights, then print the largest logit difference "
-                             "ref vs ours at batch 1")
     parser.add_argument("--json", help="also write the results (all timings) to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+
+
+def check_timing_options(args: argparse.Namespace) -> None:
+    """``--modes`` as a list, and a clear exit for a bad ``--rounds`` or ``--batches``
+    (``args.batches`` becomes the list of ints)."""
     args.modes = parse_list(args.modes, "--modes", MODES)
     if args.rounds < 1:
         raise SystemExit(f"--rounds {args.rounds}: expected a positive number of rounds")
+    args.batches = parse_batches(args.batches)
+
+
+def parse_batches(value: str) -> list[int]:
+    """``--batches`` (``8,1``) as ints; a clear exit otherwise."""
+    try:
+        return [int(b) for b in parse_list(value, "--batches")]
+    except ValueError:
+        raise SystemExit(f"--batches {value!r}: expected batch sizes such as 8,1") from None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_timing_options(parser, models=",".join(REFERENCES), batches="8,1")
+    parser.add_argument("--check", action="store_true",
+                        help="perturb the weights, then print the largest logit difference "
+                             "ref vs ours at batch 1")
+    args = parser.parse_args()
+    check_timing_options(args)
     if args.worker:
         name, batch = args.worker.split(",")
         print(json.dumps(worker(name, int(batch), args)))
         return
     models = parse_list(args.models, "--models", tuple(REFERENCES))
-    try:
-        batches = [int(b) for b in parse_list(args.batches, "--batches")]
-    except ValueError:
-        raise SystemExit(f"--batches {args.batches!r}: expected batch sizes such as 8,1") from None
+    batches = args.batches
 
     import timm
     import torch
